@@ -1,0 +1,57 @@
+"""rpcgen.runtime: run a Python object as an RPC service in its own process.
+
+The public API; see :class:`RPCServiceBase`. Importing this package never
+imports the generator's dependencies (jinja2, typer, black).
+"""
+
+from .direct import PicklingProxy
+from .errors import (
+    CallTimeout,
+    NotPicklableError,
+    PortInUseError,
+    RemoteCallError,
+    ServiceAuthenticationError,
+    ServiceError,
+    ServiceStopped,
+    ServiceUnavailable,
+    StartupError,
+    StartupTimeout,
+)
+from .health import HealthPolicy, RestartPolicy
+from .notify import LoggingNotifier, NotificationDispatcher, Notifier, SlackWebhookNotifier
+from .process import cleanup_stale_server, find_listeners, port_is_free, wait_port_free
+from .serve import ReadySignal, ServerTitle, parse_process_title, process_title, serve_rpc
+from .service import RPCServiceBase, ServiceState
+from .transport import RPCProxy
+
+__all__ = [
+    "CallTimeout",
+    "HealthPolicy",
+    "LoggingNotifier",
+    "NotPicklableError",
+    "NotificationDispatcher",
+    "Notifier",
+    "PicklingProxy",
+    "PortInUseError",
+    "RPCProxy",
+    "RPCServiceBase",
+    "ReadySignal",
+    "RemoteCallError",
+    "RestartPolicy",
+    "ServerTitle",
+    "ServiceAuthenticationError",
+    "ServiceError",
+    "ServiceState",
+    "ServiceStopped",
+    "ServiceUnavailable",
+    "SlackWebhookNotifier",
+    "StartupError",
+    "StartupTimeout",
+    "cleanup_stale_server",
+    "find_listeners",
+    "parse_process_title",
+    "port_is_free",
+    "process_title",
+    "serve_rpc",
+    "wait_port_free",
+]

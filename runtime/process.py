@@ -1,0 +1,259 @@
+"""Server-process plumbing: ports, readiness, stale-listener cleanup, stopping.
+
+Every wait here polls a condition under a deadline; nothing sleeps a fixed time.
+``clock`` and ``sleep`` are injectable so unit tests need no real waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for_objects
+from multiprocessing.process import BaseProcess
+
+from .errors import PortInUseError, StartupError, StartupTimeout
+from .serve import ReadySignal, parse_process_title
+
+__all__ = [
+    "Listener",
+    "cleanup_stale_server",
+    "find_listeners",
+    "port_is_free",
+    "stop_process",
+    "wait_port_free",
+    "wait_until_ready",
+]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+_POLL_S = 0.005
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if nothing listens on ``host:port``.
+
+    SO_REUSEADDR matters: without it the TIME_WAIT sockets of a just-stopped
+    server look like "in use" although no process listens any more.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def wait_port_free(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> bool:
+    """Poll until the port can be bound; False if the deadline passes first."""
+    deadline = clock() + timeout_s
+    delay = _POLL_S
+    while not port_is_free(host, port):
+        if clock() >= deadline:
+            return False
+        sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A process listening on a port, as psutil reports it."""
+
+    pid: int | None
+    name: str | None
+    cmdline: tuple[str, ...]
+    create_time: float | None
+
+
+def find_listeners(port: int) -> list[Listener]:
+    """Processes (other than this one) with a socket in LISTEN state on ``port``."""
+    import psutil  # only on the rare path where the port is busy
+
+    me = os.getpid()
+    found: dict[int | None, Listener] = {}
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
+            continue
+        if conn.pid == me or conn.pid in found:
+            continue
+        name: str | None = None
+        cmdline: tuple[str, ...] = ()
+        created: float | None = None
+        if conn.pid is not None:
+            try:
+                proc = psutil.Process(conn.pid)
+                name, cmdline, created = proc.name(), tuple(proc.cmdline()), proc.create_time()
+            except psutil.Error:
+                continue  # exited meanwhile
+        found[conn.pid] = Listener(conn.pid, name, cmdline, created)
+    return list(found.values())
+
+
+def _gone(pid: int, create_time: float | None) -> bool:
+    """The process exited (a zombie counts: it holds no sockets), or the pid was reused."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and proc.create_time() != create_time:
+            return True
+        # psutil's wait() on a zombie that is not our child blocks until its
+        # timeout, so poll the status instead.
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def cleanup_stale_server(
+    service: str,
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = 5.0,
+    logger: logging.Logger | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> list[int]:
+    """Make ``host:port`` free for ``service``; return the pids that were stopped.
+
+    A listener whose process title marks it as a server of this same service is
+    stale: it gets SIGTERM, then SIGKILL after ``timeout_s`` (only if it is still
+    the same process, by pid and create time). Any other listener raises
+    :class:`PortInUseError` and nothing is killed.
+    """
+    log = logger or logging.getLogger(f"rpcgen.{service}")
+    if port_is_free(host, port):
+        return []
+    import psutil
+
+    stopped: list[int] = []
+    for listener in find_listeners(port):
+        title = parse_process_title(list(listener.cmdline))
+        if listener.pid is None or title is None or title.service != service:
+            raise PortInUseError(
+                service=service,
+                host=host,
+                port=port,
+                pid=listener.pid,
+                process_name=" ".join(listener.cmdline) or listener.name,
+            )
+        pid = listener.pid
+        log.warning(
+            "stopping stale %s server on port %d (pid %d, owner pid %d)",
+            service,
+            port,
+            pid,
+            title.owner_pid,
+        )
+        try:
+            proc = psutil.Process(pid)
+            if listener.create_time is not None and proc.create_time() != listener.create_time:
+                continue  # it exited and the pid was reused
+            proc.send_signal(signal.SIGTERM)
+            # A SIGSTOPped server cannot act on SIGTERM until continued.
+            proc.send_signal(signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied as exc:
+            raise PortInUseError(
+                service=service, host=host, port=port, pid=pid, process_name=listener.name
+            ) from exc
+        deadline = clock() + timeout_s
+        while not _gone(pid, listener.create_time) and clock() < deadline:
+            sleep(_POLL_S)
+        if not _gone(pid, listener.create_time):
+            log.warning("stale %s server pid %d ignored SIGTERM; sending SIGKILL", service, pid)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc = psutil.Process(pid)
+                if listener.create_time is None or proc.create_time() == listener.create_time:
+                    proc.kill()
+        stopped.append(pid)
+    if not wait_port_free(host, port, timeout_s=timeout_s, clock=clock, sleep=sleep):
+        listeners = find_listeners(port)
+        first = listeners[0] if listeners else Listener(None, None, (), None)
+        raise PortInUseError(
+            service=service, host=host, port=port, pid=first.pid, process_name=first.name
+        )
+    return stopped
+
+
+def wait_until_ready(
+    process: BaseProcess,
+    ready: ReadySignal,
+    *,
+    service: str,
+    port: int,
+    timeout_s: float,
+    clock: Clock = time.monotonic,
+) -> None:
+    """Block until the child signals readiness.
+
+    Waits on the ready pipe and the process sentinel together, so a child that
+    dies during startup raises :class:`StartupError` at once, with its exit code
+    and, when it reported one, its exception text. On timeout the child is
+    terminated and reaped, then :class:`StartupTimeout` is raised.
+    """
+    deadline = clock() + timeout_s
+    while True:
+        outcome = ready.poll_outcome()
+        if outcome is not None:
+            if outcome[0] == "ready":
+                return
+            process.join(timeout_s)
+            raise StartupError(
+                service=service, port=port, exitcode=process.exitcode, detail=outcome[1]
+            )
+        if process.exitcode is not None:
+            raise StartupError(service=service, port=port, exitcode=process.exitcode)
+        remaining = deadline - clock()
+        if remaining <= 0:
+            stop_process(process, join_timeout_s=1.0)
+            raise StartupTimeout(service=service, port=port, timeout_s=timeout_s)
+        wait_for_objects([ready.reader, process.sentinel], timeout=remaining)
+
+
+def stop_process(
+    process: BaseProcess,
+    *,
+    join_timeout_s: float = 2.0,
+    graceful: Callable[[], None] | None = None,
+    logger: logging.Logger | None = None,
+) -> int | None:
+    """Stop a child: graceful request, join, terminate, join, kill. Returns the exit code.
+
+    Must be called from the process that started ``process``.
+    """
+    log = logger or logging.getLogger("rpcgen")
+    if process.exitcode is None and graceful is not None:
+        try:
+            graceful()
+        except Exception as exc:  # the server may already be gone
+            log.debug("graceful stop request failed: %r", exc)
+        process.join(join_timeout_s)
+    if process.exitcode is None:
+        process.terminate()
+        process.join(join_timeout_s)
+    if process.exitcode is None:
+        log.warning("server pid %s ignored SIGTERM; killing it", process.pid)
+        process.kill()
+        process.join()
+    return process.exitcode

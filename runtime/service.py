@@ -1,0 +1,690 @@
+"""RPCServiceBase: one object that owns a server process and a client for it.
+
+Lifecycle (``ServiceState``)::
+
+    NEW ──_initialize_service()──> STARTING ──> RUNNING ──shutdown()──> STOPPED
+     │                                            │  ▲
+     │ running_unit_tests=True                    ▼  │ (restart went through)
+     └──────────────> DIRECT                   RESTARTING ──(gave up)──> FAILED
+
+A client unpickled in another process is RUNNING but does not own the server:
+it never stops or restarts it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import logging
+import multiprocessing
+import os
+import secrets
+import threading
+import time
+import weakref
+from abc import abstractmethod
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from .direct import PicklingProxy
+from .errors import (
+    NotPicklableError,
+    ServiceAuthenticationError,
+    ServiceError,
+    ServiceStopped,
+    ServiceUnavailable,
+)
+from .health import (
+    Action,
+    FailureKind,
+    FlapGuard,
+    HealthPolicy,
+    HealthTracker,
+    RestartPolicy,
+    backoff_delay,
+)
+from .notify import NotificationDispatcher, Notifier
+from .process import cleanup_stale_server, stop_process, wait_port_free, wait_until_ready
+from .serve import ReadySignal, serve_rpc
+from .transport import Address, RPCProxy, request_shutdown
+
+__all__ = ["RPCServiceBase", "ServiceState"]
+
+ServerT = TypeVar("ServerT")
+
+
+class ServiceState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    DIRECT = "direct"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class _Secret:
+    """Holds the authkey so that no repr, log line or vars() dump shows it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
+_LIVE_SERVICES: weakref.WeakSet[RPCServiceBase[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_services_at_exit() -> None:
+    for service in list(_LIVE_SERVICES):
+        service._shutdown_if_owner()
+
+
+def _monitor_loop(
+    ref: weakref.ReferenceType[RPCServiceBase[Any]], stop: threading.Event, interval_s: float
+) -> None:
+    # Holds only a weak reference between ticks, so an abandoned client can be collected.
+    while not stop.wait(interval_s):
+        service = ref()
+        if service is None:
+            return
+        service._monitor_tick()
+        del service
+
+
+# Attributes rebuilt fresh, never pickled: locks, threads, processes, connections.
+_TRANSIENT = (
+    "_rpc_lifecycle_lock",
+    "_rpc_health_lock",
+    "_rpc_not_restarting",
+    "_rpc_process",
+    "_rpc_proxy",
+    "_rpc_direct",
+    "_rpc_monitor",
+    "_rpc_monitor_stop",
+    "_rpc_dispatcher",
+    "_rpc_tracker",
+    "_rpc_flap",
+    "_rpc_flap_notified",
+    "_rpc_log",
+)
+
+
+class RPCServiceBase(Generic[ServerT]):
+    """Base class for a client whose server object runs in its own process.
+
+    Subclasses implement :meth:`_create_direct_server` and
+    :meth:`_start_server_process`, then call :meth:`_initialize_service`. Client
+    methods forward to ``self._server_proxy.<method>_rpc(...)``.
+
+    The server object is called from several threads at once: BaseManager serves
+    each client connection (one per client thread) in its own thread.
+    """
+
+    def __init__(
+        self,
+        service_name: str,
+        port: int,
+        running_unit_tests: bool = False,
+        enable_health_check: bool = False,
+        health_check_interval_s: float = 60,
+        max_consecutive_failures: int = 3,
+        enable_auto_restart: bool = True,
+        slack_notifier: Notifier | None = None,
+        *,
+        host: str = "127.0.0.1",
+        notifier: Notifier | None = None,
+        start_timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0,
+        shutdown_timeout_s: float = 2.0,
+        health_check_timeout_s: float = 5.0,
+        restart_policy: RestartPolicy | None = None,
+        health_monitor: bool = False,
+        start_method: str | None = None,
+        direct_mode_pickle: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not service_name or not service_name.replace("_", "a").replace(".", "a").isalnum():
+            raise ValueError(f"service_name must be an identifier, got {service_name!r}")
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be 1-65535 for service {service_name!r}, got {port}")
+        self.service_name = service_name
+        self.port = port
+        self.host = host
+        self.running_unit_tests = running_unit_tests
+        self.enable_health_check = enable_health_check
+        self.health_check_interval_s = health_check_interval_s
+        self.max_consecutive_failures = max_consecutive_failures
+        self.enable_auto_restart = enable_auto_restart
+        self.slack_notifier = slack_notifier
+        self.notifier = notifier
+        self.start_timeout_s = start_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.health_policy = HealthPolicy(
+            interval_s=health_check_interval_s,
+            max_consecutive_failures=max_consecutive_failures,
+            auto_restart=enable_auto_restart,
+            check_timeout_s=health_check_timeout_s,
+        )
+        self.restart_policy = restart_policy or RestartPolicy()
+        self.direct_mode_pickle = direct_mode_pickle
+        self._rpc_health_monitor = health_monitor
+        self._rpc_start_method = start_method
+        self._clock = clock
+        self._sleep = sleep
+        self._rpc_state = ServiceState.NEW
+        self._rpc_owner_pid: int | None = None
+        self._rpc_server_pid: int | None = None
+        self._rpc_authkey: _Secret | None = None
+        self._rpc_init_transient()
+
+    def _rpc_init_transient(self) -> None:
+        self._rpc_log = logging.getLogger(f"rpcgen.{self.service_name}")
+        self._rpc_lifecycle_lock = threading.RLock()
+        self._rpc_health_lock = threading.Lock()
+        self._rpc_not_restarting = threading.Event()
+        self._rpc_not_restarting.set()
+        self._rpc_process: BaseProcess | None = None
+        self._rpc_proxy: RPCProxy | None = None
+        self._rpc_direct: Any = None
+        self._rpc_monitor: threading.Thread | None = None
+        self._rpc_monitor_stop: threading.Event | None = None
+        notifiers = [n for n in (self.notifier, self.slack_notifier) if n is not None]
+        self._rpc_dispatcher = NotificationDispatcher(notifiers, self._rpc_log)
+        self._rpc_tracker = HealthTracker(self.health_policy)
+        self._rpc_flap = FlapGuard(self.restart_policy)
+        self._rpc_flap_notified = False
+
+    # -- subclass hooks (the seed's API) --------------------------------------------
+
+    @abstractmethod
+    def _create_direct_server(self) -> ServerT:
+        """Create the server object in-process, for direct mode (unit tests)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _create_direct_server()")
+
+    @abstractmethod
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: ReadySignal
+    ) -> BaseProcess:
+        """Start and return the server process; it must call serve_rpc / _serve_rpc."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _start_server_process()")
+
+    def _serve_rpc(
+        self, server: Any, address: Address, authkey: bytes, server_ready: ReadySignal
+    ) -> None:
+        """Serve ``server`` (call this inside the server process)."""
+        serve_rpc(
+            server,
+            address,
+            authkey,
+            server_ready,
+            service_name=self.service_name,
+            owner_pid=self._rpc_owner_pid,
+        )
+
+    def _launch_server_process(self, target: Callable[..., Any], *args: Any) -> BaseProcess:
+        """Start ``target(*args)`` as a daemon process with this service's start method.
+
+        ``target`` should be a module-level function so that spawn and
+        forkserver can pickle it.
+        """
+        ctx: Any = multiprocessing.get_context(self._rpc_start_method)
+        process: BaseProcess = ctx.Process(
+            target=target, args=args, daemon=True, name=f"rpcgen-{self.service_name}"
+        )
+        process.start()
+        return process
+
+    # -- public API -----------------------------------------------------------------
+
+    @property
+    def state(self) -> ServiceState:
+        return self._rpc_state
+
+    @property
+    def server_pid(self) -> int | None:
+        """The running server's pid; None in direct mode or when stopped."""
+        if self._rpc_state in (ServiceState.RUNNING, ServiceState.RESTARTING):
+            return self._rpc_server_pid
+        return None
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+    @property
+    def _server_proxy(self) -> ServerT:
+        if self._rpc_state is ServiceState.DIRECT:
+            return cast(ServerT, self._rpc_direct)
+        proxy = self._rpc_proxy
+        if proxy is None:
+            if self._rpc_state is ServiceState.STOPPED:
+                raise ServiceStopped(service=self.service_name)
+            raise ServiceUnavailable(
+                service=self.service_name,
+                host=self.host,
+                port=self.port,
+                reason=f"the service is {self._rpc_state.value}; call _initialize_service() first",
+            )
+        return cast(ServerT, proxy)
+
+    def _initialize_service(self) -> None:
+        """Start the service: the server process and its client, or the direct server."""
+        with self._rpc_lifecycle_lock:
+            if self._rpc_state is not ServiceState.NEW:
+                return
+            if self.running_unit_tests:
+                server = self._create_direct_server()
+                self._rpc_direct = PicklingProxy(server) if self.direct_mode_pickle else server
+                self._rpc_state = ServiceState.DIRECT
+                self._rpc_log.debug("%s using a direct in-process server", self.service_name)
+                return
+            self._rpc_state = ServiceState.STARTING
+            try:
+                self._rpc_start_server()
+            except BaseException:
+                self._rpc_state = ServiceState.FAILED
+                raise
+            self._rpc_state = ServiceState.RUNNING
+            _LIVE_SERVICES.add(self)
+        if self._rpc_health_monitor and self.enable_health_check:
+            self.start_health_monitor()
+
+    def shutdown(self) -> None:
+        """Stop the health monitor, close every connection, stop the server. Idempotent."""
+        self.stop_health_monitor()
+        with self._rpc_lifecycle_lock:
+            state = self._rpc_state
+            if state in (ServiceState.STOPPED, ServiceState.NEW):
+                self._rpc_state = ServiceState.STOPPED
+                return
+            self._rpc_state = ServiceState.STOPPED
+            self._rpc_direct = None
+            if self._rpc_proxy is not None:
+                self._rpc_proxy._rpc_close()
+            self._rpc_stop_server_process()
+            _LIVE_SERVICES.discard(self)
+        self._rpc_dispatcher.flush(timeout_s=1.0)
+        self._rpc_log.info("%s shut down", self.service_name)
+
+    def restart(self) -> bool:
+        """Restart the server now (and re-arm the flapping guard). True if it is back."""
+        with self._rpc_lifecycle_lock:
+            self._rpc_flap.reset()
+            self._rpc_flap_notified = False
+            return self._rpc_restart_server("manual restart")
+
+    def health_check(self, current_time_ms: float | None = None) -> bool:
+        """Check the server's health, at most once per ``health_check_interval_s``.
+
+        Returns the last result while rate limited (never "healthy" while
+        failing). Counts consecutive failures and, at ``max_consecutive_failures``,
+        restarts the server or (auto-restart off) asks for manual intervention.
+        Never raises.
+        """
+        try:
+            if not self.enable_health_check:
+                return True
+            now_ms = self._rpc_now_ms(current_time_ms)
+            with self._rpc_health_lock:
+                if not self._rpc_tracker.due(now_ms):
+                    return self._rpc_tracker.healthy
+                return self._rpc_run_check(now_ms)
+        except Exception:
+            self._rpc_log.exception("health check of %s failed unexpectedly", self.service_name)
+            return False
+
+    def start_health_monitor(self, interval_s: float | None = None) -> None:
+        """Run health checks in a daemon thread every ``interval_s`` (default: the
+        health-check interval) until :meth:`shutdown`."""
+        if self._rpc_monitor is not None and self._rpc_monitor.is_alive():
+            return
+        interval = max(interval_s if interval_s is not None else self.health_check_interval_s, 0.01)
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_monitor_loop,
+            args=(weakref.ref(self), stop, interval),
+            name=f"rpcgen-health-{self.service_name}",
+            daemon=True,
+        )
+        self._rpc_monitor, self._rpc_monitor_stop = thread, stop
+        thread.start()
+
+    def stop_health_monitor(self, timeout_s: float | None = None) -> None:
+        thread, stop = self._rpc_monitor, self._rpc_monitor_stop
+        if thread is None or stop is None:
+            return
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout_s if timeout_s is not None else self.start_timeout_s + 5.0)
+        self._rpc_monitor = self._rpc_monitor_stop = None
+
+    def flush_notifications(self, timeout_s: float = 5.0) -> bool:
+        """Wait (bounded) until queued notifications were delivered."""
+        return self._rpc_dispatcher.flush(timeout_s)
+
+    # -- context manager, repr, pickling, finalization ---------------------------------
+
+    def __enter__(self) -> RPCServiceBase[ServerT]:
+        self._initialize_service()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        mode = "direct" if self.running_unit_tests else "rpc"
+        pid = f" pid={self.server_pid}" if self.server_pid else ""
+        return (
+            f"<{type(self).__name__} service={self.service_name!r} mode={mode} "
+            f"state={self._rpc_state.value} address={self.host}:{self.port}{pid}>"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._rpc_state is ServiceState.DIRECT or self.running_unit_tests:
+            raise NotPicklableError(service=self.service_name)
+        if self._rpc_state is not ServiceState.RUNNING:
+            raise ServiceUnavailable(
+                service=self.service_name,
+                host=self.host,
+                port=self.port,
+                reason="only a running client can be sent to another process "
+                f"(it is {self._rpc_state.value})",
+            )
+        state = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
+        state["_rpc_health_monitor"] = False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # An attached client: it talks to the existing server and never owns it.
+        self.__dict__.update(state)
+        self._rpc_init_transient()
+        self._rpc_owner_pid = -1
+        assert self._rpc_authkey is not None
+        self._rpc_proxy = self._rpc_new_proxy(self._rpc_authkey.value)
+
+    def _rpc_is_owner(self) -> bool:
+        return self._rpc_owner_pid == os.getpid()
+
+    def _shutdown_if_owner(self) -> None:
+        # A forked child inherits this object: it must never stop its parent's server.
+        if self._rpc_is_owner():
+            self.shutdown()
+        elif self._rpc_proxy is not None:
+            self._rpc_proxy._rpc_close()
+
+    def __del__(self) -> None:
+        try:
+            if getattr(self, "_rpc_state", ServiceState.NEW) not in (
+                ServiceState.NEW,
+                ServiceState.STOPPED,
+            ):
+                self._shutdown_if_owner()
+        except Exception:
+            pass
+
+    # -- internals: start / stop ------------------------------------------------------
+
+    def _rpc_new_proxy(self, authkey: bytes) -> RPCProxy:
+        return RPCProxy(
+            service=self.service_name,
+            address=self.address,
+            authkey=authkey,
+            connect_timeout_s=self.connect_timeout_s,
+            wait_ready=self._rpc_not_restarting.wait,
+        )
+
+    def _rpc_start_server(self) -> None:
+        address = self.address
+        cleanup_stale_server(
+            self.service_name,
+            self.host,
+            self.port,
+            timeout_s=self.shutdown_timeout_s,
+            logger=self._rpc_log,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        authkey = secrets.token_bytes(32)  # fresh for every start
+        self._rpc_owner_pid = os.getpid()
+        ready = ReadySignal(multiprocessing.get_context(self._rpc_start_method))
+        try:
+            process = self._start_server_process(address, authkey, ready)
+            ready.close_writer()
+            try:
+                wait_until_ready(
+                    process,
+                    ready,
+                    service=self.service_name,
+                    port=self.port,
+                    timeout_s=self.start_timeout_s,
+                    clock=self._clock,
+                )
+            except BaseException:
+                if process.exitcode is None:
+                    stop_process(
+                        process, join_timeout_s=self.shutdown_timeout_s, logger=self._rpc_log
+                    )
+                process.close()
+                raise
+        finally:
+            ready.close()
+        self._rpc_process = process
+        self._rpc_server_pid = process.pid
+        self._rpc_authkey = _Secret(authkey)
+        if self._rpc_proxy is None:
+            self._rpc_proxy = self._rpc_new_proxy(authkey)
+        else:
+            self._rpc_proxy._rpc_rebind(address, authkey)
+        self._rpc_log.info(
+            "%s server started (pid %s) on %s:%d", self.service_name, process.pid, *address
+        )
+        try:
+            self._rpc_connect(self._rpc_proxy, process)
+        except BaseException:
+            self._rpc_stop_server_process()
+            raise
+
+    def _rpc_connect(self, proxy: RPCProxy, process: BaseProcess) -> None:
+        """Open this thread's connection, retrying with backoff under a deadline."""
+        deadline = self._clock() + self.connect_timeout_s
+        attempt = 0
+        while True:
+            try:
+                proxy._rpc_connection()
+                return
+            except ServiceAuthenticationError:
+                raise
+            except ServiceUnavailable:
+                attempt += 1
+                remaining = deadline - self._clock()
+                if remaining <= 0 or process.exitcode is not None:
+                    raise
+                self._sleep(
+                    min(remaining, backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.5))
+                )
+
+    def _rpc_stop_server_process(self) -> None:
+        process, self._rpc_process = self._rpc_process, None
+        if process is None or not self._rpc_is_owner():
+            return
+        authkey = self._rpc_authkey.value if self._rpc_authkey else None
+        address = self.address
+
+        def graceful() -> None:
+            if authkey is not None:
+                request_shutdown(
+                    address, authkey, service=self.service_name, timeout_s=self.shutdown_timeout_s
+                )
+
+        code = stop_process(
+            process, join_timeout_s=self.shutdown_timeout_s, graceful=graceful, logger=self._rpc_log
+        )
+        self._rpc_log.debug("%s server pid %s exited with %s", self.service_name, process.pid, code)
+        process.close()
+        if not wait_port_free(
+            self.host,
+            self.port,
+            timeout_s=self.shutdown_timeout_s,
+            clock=self._clock,
+            sleep=self._sleep,
+        ):
+            self._rpc_log.warning(
+                "port %d still busy after %s stopped", self.port, self.service_name
+            )
+
+    def _rpc_restart_server(self, reason: str) -> bool:
+        if not self._rpc_is_owner():
+            self._rpc_log.warning(
+                "%s is unhealthy but this process does not own its server; not restarting",
+                self.service_name,
+            )
+            return False
+        with self._rpc_lifecycle_lock:
+            if self._rpc_state in (ServiceState.STOPPED, ServiceState.DIRECT, ServiceState.NEW):
+                return False
+            self._rpc_not_restarting.clear()
+            self._rpc_state = ServiceState.RESTARTING
+            try:
+                return self._rpc_restart_attempts(reason)
+            finally:
+                self._rpc_not_restarting.set()
+
+    def _rpc_restart_attempts(self, reason: str) -> bool:
+        policy = self.restart_policy
+        last_error: BaseException | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            now = self._clock()
+            if not self._rpc_flap.allow(now):
+                self._rpc_state = ServiceState.FAILED
+                if not self._rpc_flap_notified:
+                    self._rpc_flap_notified = True
+                    self._rpc_notify(
+                        f"{self.service_name} is flapping: {policy.flap_max_restarts} restarts "
+                        f"within {policy.flap_window_s:g}s. Auto-restart stopped; fix the server "
+                        "and call restart().",
+                        "critical",
+                    )
+                return False
+            delay = self._rpc_flap.delay(now)
+            if delay > 0:
+                self._rpc_log.info(
+                    "%s: waiting %.2fs before restart (backoff)", self.service_name, delay
+                )
+                self._sleep(delay)
+            self._rpc_flap.record(self._clock())
+            self._rpc_log.warning(
+                "restarting %s (attempt %d/%d): %s",
+                self.service_name,
+                attempt,
+                policy.max_attempts,
+                reason,
+            )
+            try:
+                self._rpc_stop_server_process()
+                self._rpc_start_server()
+            except ServiceError as exc:
+                last_error = exc
+                self._rpc_log.error(
+                    "restart attempt %d of %s failed: %s", attempt, self.service_name, exc
+                )
+                continue
+            self._rpc_state = ServiceState.RUNNING
+            self._rpc_notify(
+                f"{self.service_name} server restarted (pid {self._rpc_server_pid}) "
+                f"after: {reason}",
+                "warning",
+            )
+            return True
+        self._rpc_state = ServiceState.FAILED
+        self._rpc_notify(
+            f"{self.service_name} could not be restarted after {policy.max_attempts} "
+            f"attempts: {last_error}",
+            "error",
+        )
+        return False
+
+    # -- internals: health --------------------------------------------------------------
+
+    def _rpc_now_ms(self, current_time_ms: float | None) -> float:
+        return float(current_time_ms) if current_time_ms is not None else self._clock() * 1000.0
+
+    def _monitor_tick(self) -> None:
+        try:
+            with self._rpc_health_lock:
+                self._rpc_run_check(self._rpc_now_ms(None))
+        except Exception:
+            self._rpc_log.exception("health monitor of %s failed unexpectedly", self.service_name)
+
+    def _rpc_probe(self) -> tuple[FailureKind | None, str, bool]:
+        """One check: (failure kind or None, detail, fatal)."""
+        state = self._rpc_state
+        if state is ServiceState.DIRECT:
+            target: Any = self._rpc_direct
+        else:
+            process = self._rpc_process
+            if self._rpc_is_owner() and (process is None or process.exitcode is not None):
+                code = process.exitcode if process is not None else None
+                return FailureKind.TRANSPORT, f"server process is gone (exit code {code})", True
+            target = self._rpc_proxy
+            if target is None:
+                return FailureKind.TRANSPORT, f"service is {state.value}", True
+        try:
+            if isinstance(target, RPCProxy):
+                result = target._rpc_call(
+                    "health_check_rpc", timeout_s=self.health_policy.check_timeout_s
+                )
+            else:
+                result = target.health_check_rpc()
+        except (ServiceUnavailable, ServiceStopped) as exc:
+            return FailureKind.TRANSPORT, str(exc), False
+        except Exception as exc:
+            return FailureKind.REMOTE, f"health_check_rpc raised {exc!r}", False
+        status = result.get("status") if isinstance(result, dict) else None
+        if status != "ok":
+            return FailureKind.STATUS, f"health_check_rpc returned {result!r}", False
+        return None, "", False
+
+    def _rpc_run_check(self, now_ms: float) -> bool:
+        tracker = self._rpc_tracker
+        kind, detail, fatal = self._rpc_probe()
+        if kind is None:
+            if tracker.record_success(now_ms):
+                self._rpc_log.info("%s recovered", self.service_name)
+                self._rpc_notify(f"{self.service_name} recovered and is healthy again", "success")
+            return True
+        action = tracker.record_failure(now_ms, fatal=fatal)
+        self._rpc_log.warning(
+            "%s health check failed [%s] (%d/%d consecutive): %s",
+            self.service_name,
+            kind.value,
+            tracker.consecutive_failures,
+            self.health_policy.max_consecutive_failures,
+            detail,
+        )
+        if action is Action.RESTART:
+            if self._rpc_restart_server(f"{kind.value} failure: {detail}"):
+                tracker.restarted()
+        elif action is Action.ALERT_MANUAL:
+            self._rpc_notify(
+                f"{self.service_name} failed {tracker.consecutive_failures} health checks and "
+                f"auto-restart is off: manual intervention needed ({detail})",
+                "error",
+            )
+        return False
+
+    def _rpc_notify(self, message: str, level: str) -> None:
+        self._rpc_dispatcher.notify(message, level)

@@ -1,0 +1,1 @@
+"""rpcgen templates (package data)."""
