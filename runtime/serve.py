@@ -17,6 +17,7 @@ import os
 import re
 import select
 import signal
+import sys
 import threading
 import traceback
 from dataclasses import dataclass
@@ -144,6 +145,38 @@ class _RPCServer(managers.Server):
         super().__init__(registry, address, authkey, SERIALIZER)
         exposed = set(managers.public_methods(obj))  # type: ignore[attr-defined]
         self.id_to_obj[OBJECT_ID] = (obj, exposed, None)  # type: ignore[assignment]
+        self.stop_event = threading.Event()
+
+    def serve_forever(self, owner_pid: int | None = None) -> None:
+        """Like ``managers.Server.serve_forever``, with two changes.
+
+        Helper threads block SIGTERM, so it always reaches the main thread and
+        stops the server at once (a process-directed signal taken by another
+        thread would wait for the main loop's 1 s poll). And a watchdog thread
+        stops the server when ``owner_pid`` exits.
+        """
+        multiprocessing.current_process()._manager_server = self  # type: ignore[attr-defined]
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            threading.Thread(target=self.accepter, name="rpcgen-accept", daemon=True).start()
+            if owner_pid:
+                threading.Thread(
+                    target=_watch_owner,
+                    args=(owner_pid, self.stop_event),
+                    name="rpcgen-owner-watch",
+                    daemon=True,
+                ).start()
+        finally:
+            if on_main:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        try:
+            while not self.stop_event.is_set():
+                self.stop_event.wait(1)
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        sys.exit(0)
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:
@@ -163,11 +196,10 @@ def _pidfd_open(pid: int) -> int | None:
     return fd
 
 
-def _watch_owner(owner_pid: int) -> None:
+def _watch_owner(owner_pid: int, stop: threading.Event) -> None:
     """Stop this server when its owner process exits (e.g. it was SIGKILLed)."""
     fd = _pidfd_open(owner_pid)
     if fd is None:  # no pidfd support: poll
-        stop = threading.Event()
         while not stop.wait(0.2):
             try:
                 os.kill(owner_pid, 0)
@@ -178,10 +210,12 @@ def _watch_owner(owner_pid: int) -> None:
     elif fd >= 0:
         select.select([fd], [], [])
         os.close(fd)
+    if stop.is_set():
+        return
     logger.warning("owner process %d exited; stopping this server", owner_pid)
-    os.kill(os.getpid(), signal.SIGTERM)
-    # If the main thread cannot act on SIGTERM in time, leave anyway: an orphan
-    # that keeps its port blocks the next start.
+    stop.set()
+    # If the main thread cannot stop in time, leave anyway: an orphan that keeps
+    # its port blocks the next start.
     threading.Event().wait(5.0)
     os._exit(1)
 
@@ -225,10 +259,6 @@ def serve_rpc(
         # process group, and must not kill servers whose client carries on.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _raise_system_exit)
-    if owner_pid:
-        threading.Thread(
-            target=_watch_owner, args=(owner_pid,), name="rpcgen-owner-watch", daemon=True
-        ).start()
     if server_ready is not None:
         server_ready.set()
-    rpc_server.serve_forever()
+    rpc_server.serve_forever(owner_pid)

@@ -24,12 +24,14 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import Callable
+from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from .direct import PicklingProxy
 from .errors import (
+    CallTimeout,
     NotPicklableError,
     ServiceAuthenticationError,
     ServiceError,
@@ -53,6 +55,7 @@ from .transport import Address, RPCProxy, request_shutdown
 __all__ = ["RPCServiceBase", "ServiceState"]
 
 ServerT = TypeVar("ServerT")
+_Service = TypeVar("_Service", bound="RPCServiceBase[Any]")
 
 
 class ServiceState(enum.Enum):
@@ -84,6 +87,19 @@ _LIVE_SERVICES: weakref.WeakSet[RPCServiceBase[Any]] = weakref.WeakSet()
 def _shutdown_services_at_exit() -> None:
     for service in list(_LIVE_SERVICES):
         service._shutdown_if_owner()
+
+
+def _disown_servers_in_child() -> None:
+    # os.fork() copies multiprocessing's set of children; if this child later exits
+    # normally, multiprocessing's atexit terminates every daemonic "child" in it,
+    # i.e. the parent's servers. They are not ours to stop.
+    for service in list(_LIVE_SERVICES):
+        process = service._rpc_process
+        if process is not None:
+            mp_process._children.discard(process)  # type: ignore[attr-defined]
+
+
+os.register_at_fork(after_in_child=_disown_servers_in_child)
 
 
 def _monitor_loop(
@@ -373,7 +389,7 @@ class RPCServiceBase(Generic[ServerT]):
 
     # -- context manager, repr, pickling, finalization ---------------------------------
 
-    def __enter__(self) -> RPCServiceBase[ServerT]:
+    def __enter__(self: _Service) -> _Service:
         self._initialize_service()
         return self
 
@@ -504,7 +520,7 @@ class RPCServiceBase(Generic[ServerT]):
         attempt = 0
         while True:
             try:
-                proxy._rpc_connection()
+                proxy._rpc_connection(wait_ready=False)  # we are the start/restart
                 return
             except ServiceAuthenticationError:
                 raise
@@ -649,7 +665,18 @@ class RPCServiceBase(Generic[ServerT]):
                 )
             else:
                 result = target.health_check_rpc()
+        except CallTimeout as exc:
+            return FailureKind.TRANSPORT, str(exc), False
         except (ServiceUnavailable, ServiceStopped) as exc:
+            # A reset connection usually means the process is dying. After SIGKILL the
+            # thread-group leader shows as a zombie before its other threads are gone,
+            # and cannot be reaped until they are: give it a moment, then look again.
+            process = self._rpc_process
+            if self._rpc_is_owner() and process is not None:
+                process.join(0.2)
+                if process.exitcode is not None:
+                    detail = f"server process is gone (exit code {process.exitcode})"
+                    return FailureKind.TRANSPORT, detail, True
             return FailureKind.TRANSPORT, str(exc), False
         except Exception as exc:
             return FailureKind.REMOTE, f"health_check_rpc raised {exc!r}", False

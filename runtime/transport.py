@@ -245,7 +245,7 @@ class RPCProxy:
 
     # -- connection management -------------------------------------------------
 
-    def _rpc_connection(self) -> connection.Connection:
+    def _rpc_connection(self, *, wait_ready: bool = True) -> connection.Connection:
         holder: _Holder | None = getattr(self._rpc_tls, "holder", None)
         if (
             holder is not None
@@ -253,12 +253,12 @@ class RPCProxy:
             and not holder.conn.closed
         ):
             return holder.conn
-        return self._rpc_open()
+        return self._rpc_open(wait_ready=wait_ready)
 
-    def _rpc_open(self) -> connection.Connection:
+    def _rpc_open(self, *, wait_ready: bool = True) -> connection.Connection:
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
-        if self._rpc_wait_ready is not None:
+        if wait_ready and self._rpc_wait_ready is not None:
             # A restart is under way: wait for it (bounded) instead of failing fast.
             self._rpc_wait_ready(self._rpc_connect_timeout_s)
         generation = self._rpc_generation

@@ -1,0 +1,28 @@
+"""Import isolation and the public API surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import rpcgen.runtime
+
+
+def test_importing_the_runtime_never_imports_generator_dependencies() -> None:
+    code = (
+        "import sys, rpcgen.runtime\n"
+        "bad = sorted(m for m in ('jinja2', 'typer', 'black', 'tomlkit', 'merge3', 'click')"
+        " if m in sys.modules)\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_all_matches_the_public_names() -> None:
+    public = {n for n in dir(rpcgen.runtime) if not n.startswith("_")}
+    modules = {"direct", "errors", "health", "notify", "process", "serve", "service", "transport"}
+    assert set(rpcgen.runtime.__all__) == public - modules
+    assert sorted(rpcgen.runtime.__all__) == list(rpcgen.runtime.__all__)

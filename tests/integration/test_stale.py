@@ -1,0 +1,60 @@
+"""Stale-server cleanup before start: replace our own, never touch anyone else's."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from rpcgen.runtime import PortInUseError, cleanup_stale_server
+from tests.support.procs import python_process, read_line
+from tests.support.services import Echo
+from tests.support.waiting import pid_alive
+
+
+def test_stale_server_of_same_service_with_hung_owner_is_replaced(port: int) -> None:
+    with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
+        stale_pid = int(read_line(owner))
+        os.kill(owner.pid, signal.SIGSTOP)  # owner alive but hung: no watchdog rescue
+        try:
+            with Echo(port) as svc:
+                assert svc.server_pid != stale_pid
+                assert not pid_alive(stale_pid)
+                assert svc.echo("replaced") == "replaced"
+        finally:
+            os.kill(owner.pid, signal.SIGCONT)
+
+
+def test_sigstopped_stale_server_is_still_replaced(port: int) -> None:
+    with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
+        stale_pid = int(read_line(owner))
+        os.kill(stale_pid, signal.SIGSTOP)
+        with Echo(port) as svc:
+            assert not pid_alive(stale_pid)
+            assert svc.echo(1) == 1
+
+
+def test_foreign_listener_is_never_killed(port: int) -> None:
+    with python_process("-m", "tests.support.foreign_listener", str(port)) as foreign:
+        assert read_line(foreign) == "listening"
+        with pytest.raises(PortInUseError) as info:
+            Echo(port)
+        assert info.value.pid == foreign.pid
+        assert f"pid {foreign.pid}" in str(info.value)
+        assert "foreign_listener" in str(info.value)
+        assert foreign.poll() is None and pid_alive(foreign.pid)
+
+
+def test_server_of_another_service_is_not_killed(port: int) -> None:
+    with python_process(
+        "-m", "tests.support.owner_script", str(port), "fork", "OtherService"
+    ) as owner:
+        other_pid = int(read_line(owner))
+        with pytest.raises(PortInUseError, match="OtherService"):
+            cleanup_stale_server("Echo", "127.0.0.1", port, timeout_s=2)
+        assert pid_alive(other_pid)
+
+
+def test_cleanup_on_a_free_port_does_nothing(port: int) -> None:
+    assert cleanup_stale_server("Echo", "127.0.0.1", port) == []

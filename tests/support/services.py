@@ -1,0 +1,167 @@
+"""Sample servers and clients used by the integration tests.
+
+Process targets are module level so spawn and forkserver can pickle them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from rpcgen.runtime import RPCServiceBase, serve_rpc
+from rpcgen.runtime.transport import Address
+
+
+class EchoServer:
+    """Thread-safe: the RPC server calls it from one thread per client connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.healthy = True
+
+    def health_check_rpc(self) -> dict[str, Any]:
+        return {"status": "ok" if self.healthy else "degraded", "pid": os.getpid()}
+
+    def set_healthy_rpc(self, healthy: bool) -> None:
+        self.healthy = healthy
+
+    def echo_rpc(self, value: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+        return value
+
+    def add_rpc(self, a: int, b: int = 0) -> int:
+        return a + b
+
+    def calls_rpc(self) -> int:
+        with self._lock:
+            return self.calls
+
+    def pid_rpc(self) -> int:
+        return os.getpid()
+
+    def boom_rpc(self, message: str) -> None:
+        raise ValueError(message)
+
+    def sleep_rpc(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "slept"
+
+    def block_forever_rpc(self) -> None:
+        threading.Event().wait()
+
+    def unpicklable_rpc(self) -> Any:
+        return threading.Lock()
+
+    def numbers_rpc(self, n: int) -> Iterator[int]:
+        return (i for i in range(n))
+
+    def payload_rpc(self, size: int) -> bytes:
+        return b"x" * size
+
+
+class HangingHealthServer(EchoServer):
+    """health_check_rpc never answers (a hung server)."""
+
+    def health_check_rpc(self) -> dict[str, Any]:
+        threading.Event().wait()
+        return {}
+
+
+class CrashingServer:
+    def __init__(self) -> None:
+        raise RuntimeError("constructor exploded on purpose")
+
+
+def serve_echo(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(EchoServer, address, authkey, ready, service_name=name)
+
+
+def serve_hanging(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(HangingHealthServer, address, authkey, ready, service_name=name)
+
+
+def serve_crashing(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(CrashingServer, address, authkey, ready, service_name=name)
+
+
+def exit_before_ready(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    os._exit(7)
+
+
+def never_ready(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    threading.Event().wait()
+
+
+SERVE_TARGETS = {
+    "echo": serve_echo,
+    "hanging": serve_hanging,
+    "crashing": serve_crashing,
+    "exit7": exit_before_ready,
+    "never_ready": never_ready,
+}
+
+
+class Echo(RPCServiceBase[EchoServer]):
+    """A client written the way rpcgen generates them: module-level target."""
+
+    def __init__(
+        self, port: int, *, target: str = "echo", name: str = "Echo", **kwargs: Any
+    ) -> None:
+        self._target = target
+        super().__init__(service_name=name, port=port, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> EchoServer:
+        return EchoServer()
+
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: Any
+    ) -> BaseProcess:
+        target = SERVE_TARGETS[self._target]
+        return self._launch_server_process(
+            target, address, authkey, server_ready, self.service_name
+        )
+
+    def echo(self, value: Any) -> Any:
+        return self._server_proxy.echo_rpc(value)
+
+    def add(self, a: int, b: int = 0) -> int:
+        return self._server_proxy.add_rpc(a, b)
+
+    def remote_pid(self) -> int:
+        return self._server_proxy.pid_rpc()
+
+
+class SeedStyleEcho(RPCServiceBase[EchoServer]):
+    """Written exactly like the seed design doc: a closure target (fork only)."""
+
+    def __init__(self, port: int, running_unit_tests: bool = False) -> None:
+        super().__init__(
+            service_name="SeedStyleEcho", port=port, running_unit_tests=running_unit_tests
+        )
+        self._initialize_service()
+
+    def _create_direct_server(self) -> EchoServer:
+        return EchoServer()
+
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: Any
+    ) -> BaseProcess:
+        def server_main() -> None:
+            from setproctitle import setproctitle
+
+            setproctitle(f"vali_{self.service_name}")
+            server = EchoServer()
+            self._serve_rpc(server, address, authkey, server_ready)
+
+        from multiprocessing import Process
+
+        process = Process(target=server_main, daemon=True)
+        process.start()
+        return process
