@@ -1,0 +1,48 @@
+"""The benchmark's server, an rpcgen client for it, and a stock BaseManager for it."""
+
+from __future__ import annotations
+
+from multiprocessing.managers import BaseManager
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from rpcgen.runtime import RPCServiceBase, serve_rpc
+from rpcgen.runtime.transport import Address
+
+
+class BenchServer:
+    def health_check_rpc(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    def echo_rpc(self, value: Any) -> Any:
+        return value
+
+
+def serve_bench(address: Address, authkey: bytes, ready: Any) -> None:
+    serve_rpc(BenchServer, address, authkey, ready, service_name="Bench")
+
+
+class BenchClient(RPCServiceBase[BenchServer]):
+    """Shaped like generated code: module-level entrypoint, typed forwarding method."""
+
+    def __init__(self, port: int, **kwargs: Any) -> None:
+        super().__init__(service_name="Bench", port=port, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> BenchServer:
+        return BenchServer()
+
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: Any
+    ) -> BaseProcess:
+        return self._launch_server_process(serve_bench, address, authkey, server_ready)
+
+    def echo(self, value: Any) -> Any:
+        return self._server_proxy.echo_rpc(value)
+
+
+class StockManager(BaseManager):
+    """A default BaseManager, used the way the seed's hand-written services did."""
+
+
+StockManager.register("BenchServer", callable=BenchServer)

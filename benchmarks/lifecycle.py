@@ -1,0 +1,73 @@
+"""Lifecycle: start -> first call, and shutdown; rpcgen vs a default BaseManager."""
+
+from __future__ import annotations
+
+import multiprocessing
+import secrets
+
+from ._services import BenchClient, StockManager
+from ._util import Row, free_port, median_ms, timed
+
+
+def _stock_round(method: str) -> tuple[float, float]:
+    ctx = multiprocessing.get_context(method)
+    manager = StockManager(address=("127.0.0.1", 0), authkey=secrets.token_bytes(32), ctx=ctx)
+
+    def start_and_call() -> None:
+        manager.start()
+        proxy = manager.BenchServer()  # type: ignore[attr-defined]
+        proxy.echo_rpc(1)
+        start_and_call.proxy = proxy  # type: ignore[attr-defined]
+
+    start = timed(start_and_call)
+    del start_and_call.proxy  # type: ignore[attr-defined]
+    stop = timed(manager.shutdown)
+    return start, stop
+
+
+def _rpcgen_round(method: str) -> tuple[float, float]:
+    port = free_port()
+    holder: list[BenchClient] = []
+
+    def start_and_call() -> None:
+        client = BenchClient(port, start_method=method)
+        client.echo(1)
+        holder.append(client)
+
+    start = timed(start_and_call)
+    stop = timed(holder[0].shutdown)
+    return start, stop
+
+
+def run(quick: bool) -> list[Row]:
+    rounds = 3 if quick else 15
+    rows: list[Row] = []
+    for method in ("fork", "spawn"):
+        stock = [_stock_round(method) for _ in range(rounds)]
+        ours = [_rpcgen_round(method) for _ in range(rounds)]
+        s_start, s_stop = median_ms([a for a, _ in stock]), median_ms([b for _, b in stock])
+        r_start, r_stop = median_ms([a for a, _ in ours]), median_ms([b for _, b in ours])
+        base = f"BaseManager ({method})"
+        rows += [
+            Row("lifecycle", f"start->first call, BaseManager ({method})", s_start, "ms"),
+            Row(
+                "lifecycle",
+                f"start->first call, rpcgen ({method})",
+                r_start,
+                "ms",
+                baseline=base,
+                ratio=r_start / s_start,
+                target="<= 0.1x" if method == "fork" else None,
+            ),
+            Row("lifecycle", f"shutdown, BaseManager ({method})", s_stop, "ms"),
+            Row(
+                "lifecycle",
+                f"shutdown, rpcgen ({method})",
+                r_stop,
+                "ms",
+                baseline=base,
+                ratio=r_stop / s_stop,
+                target="<= 0.2x",
+            ),
+        ]
+    return rows

@@ -1,0 +1,1 @@
+"""The seed design doc's examples, with only the import changed."""
