@@ -1,0 +1,201 @@
+"""The ``rpcgen`` command line: parse options, call the API, map errors to exit codes.
+
+Exit codes: 0 ok, 1 drift (``generate --check``), 2 bad usage or bad spec,
+3 merge conflicts written, 4 internal error (a bug: please report it).
+
+Only typer is imported at module level, so ``rpcgen --help`` stays fast; the
+generator (jinja2, black, tomlkit, merge3) is imported by the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["app", "main"]
+
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_CONFLICT, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+app = typer.Typer(
+    name="rpcgen",
+    help="Generate RPC service clients, server entrypoints and tests from a spec.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_ROOT = typer.Option(
+    "--project-dir",
+    "-C",
+    help="Project root (where rpcgen.toml or pyproject.toml lives).",
+    file_okay=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"rpcgen {version('rpcgen')}")
+        except PackageNotFoundError:
+            typer.echo("rpcgen (not installed)")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """rpcgen: RPC service processes without the plumbing."""
+
+
+def _report(plan: Any, *, diff: bool, quiet_unchanged: bool = True) -> None:
+    from rpcgen.generator.sync import Action
+
+    for decision in plan.decisions:
+        if quiet_unchanged and decision.action is Action.UNCHANGED and not decision.reason:
+            continue
+        typer.echo(decision.line())
+        if diff:
+            text = decision.diff()
+            if text:
+                typer.echo(text, nl=not text.endswith("\n"))
+    for note in plan.notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="Service name in CapWords, e.g. PriceFetcher.")],
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port (default: next above the highest in the spec, from 50000)."),
+    ] = None,
+    server_module: Annotated[
+        str | None,
+        typer.Option(help="Module of the server class (default: <package>.<name>_server)."),
+    ] = None,
+    health: Annotated[
+        bool, typer.Option("--health/--no-health", help="Enable health checks.")
+    ] = True,
+    health_interval: Annotated[float, typer.Option(help="Seconds between health checks.")] = 60.0,
+    max_failures: Annotated[int, typer.Option(help="Consecutive failures before a restart.")] = 3,
+    auto_restart: Annotated[
+        bool, typer.Option("--auto-restart/--no-auto-restart", help="Restart on repeated failure.")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change; write nothing.")
+    ] = False,
+    root: Annotated[Path, _ROOT] = Path("."),
+) -> None:
+    """Add a service to the spec (creating the spec if needed) and render it."""
+    from rpcgen.generator.api import new_service
+    from rpcgen.generator.spec import HealthSpec
+
+    result = new_service(
+        root,
+        name,
+        port=port,
+        server_module=server_module,
+        health=HealthSpec(health, health_interval, max_failures, auto_restart),
+        dry_run=dry_run,
+    )
+    added = result.added
+    if added.created_spec:
+        typer.echo(f"{'would create' if dry_run else 'created'} {added.location.label}")
+    how = "chosen: next free above the highest in the spec" if added.port_chosen else "as given"
+    typer.echo(f"service {added.service.name} on port {added.service.port} ({how})")
+    _report(result.result.plan, diff=False)
+
+
+@app.command()
+def generate(
+    check: Annotated[
+        bool, typer.Option("--check", help="Render in memory; print the drift; exit 1 if any.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="One line per file; write nothing.")
+    ] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show the diffs.")] = False,
+    root: Annotated[Path, _ROOT] = Path("."),
+) -> None:
+    """Re-render every service from the spec and its server class."""
+    from rpcgen.generator.api import generate as run_generate
+    from rpcgen.generator.api import plan_generate
+
+    if check:
+        plan = plan_generate(root)
+        _report(plan, diff=True)
+        if plan.drift:
+            typer.echo("drift: generated code is out of date; run `rpcgen generate`", err=True)
+            raise typer.Exit(EXIT_DRIFT)
+        typer.echo("up to date")
+        return
+    result = run_generate(root, dry_run=dry_run)
+    _report(result.plan, diff=diff)
+
+
+@app.command("list")
+def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
+    """List the services in the spec."""
+    from rpcgen.generator.api import list_services
+
+    spec = list_services(root)
+    typer.echo(f"{'service':<24} {'port':>5}  {'health':<22} {'server'}")
+    for svc in spec.services:
+        h = svc.health
+        health = (
+            f"every {h.interval_s:g}s, {h.max_consecutive_failures}x, {'restart' if h.auto_restart else 'alert'}"
+            if h.enabled
+            else "off"
+        )
+        typer.echo(
+            f"{svc.name:<24} {svc.port:>5}  {health:<22} {svc.server_module}.{svc.server_class}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn every error into one line and an exit code."""
+    import click
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="rpcgen", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        typer.echo(f"rpcgen: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.Abort:
+        typer.echo("rpcgen: aborted", err=True)
+        return 130
+    except Exception as exc:
+        from rpcgen.generator.errors import RpcgenError
+
+        if isinstance(exc, RpcgenError):
+            for line in exc.lines():
+                typer.echo(f"rpcgen: error: {line}", err=True)
+            return exc.exit_code
+        typer.echo(
+            f"rpcgen: internal error: {type(exc).__name__}: {exc} (please report this bug)",
+            err=True,
+        )
+        return EXIT_INTERNAL
+    return int(result) if isinstance(result, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
