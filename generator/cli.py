@@ -62,11 +62,13 @@ def _root(
     """rpcgen: RPC service processes without the plumbing."""
 
 
-def _report(plan: Any, *, diff: bool, quiet_unchanged: bool = True) -> None:
-    from rpcgen.generator.sync import Action
+def _report(plan: Any, *, diff: bool, only_drift: bool = False) -> None:
+    from .sync import DRIFT, Action
 
     for decision in plan.decisions:
-        if quiet_unchanged and decision.action is Action.UNCHANGED and not decision.reason:
+        if decision.action is Action.UNCHANGED and not decision.reason:
+            continue
+        if only_drift and decision.action not in DRIFT:
             continue
         typer.echo(decision.line())
         if diff:
@@ -102,8 +104,8 @@ def new(
     root: Annotated[Path, _ROOT] = Path("."),
 ) -> None:
     """Add a service to the spec (creating the spec if needed) and render it."""
-    from rpcgen.generator.api import new_service
-    from rpcgen.generator.spec import HealthSpec
+    from .api import new_service
+    from .spec import HealthSpec
 
     result = new_service(
         root,
@@ -133,12 +135,12 @@ def generate(
     root: Annotated[Path, _ROOT] = Path("."),
 ) -> None:
     """Re-render every service from the spec and its server class."""
-    from rpcgen.generator.api import generate as run_generate
-    from rpcgen.generator.api import plan_generate
+    from .api import generate as run_generate
+    from .api import plan_generate
 
     if check:
         plan = plan_generate(root)
-        _report(plan, diff=True)
+        _report(plan, diff=True, only_drift=True)
         if plan.drift:
             typer.echo("drift: generated code is out of date; run `rpcgen generate`", err=True)
             raise typer.Exit(EXIT_DRIFT)
@@ -151,17 +153,15 @@ def generate(
 @app.command("list")
 def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
     """List the services in the spec."""
-    from rpcgen.generator.api import list_services
+    from .api import list_services
 
     spec = list_services(root)
     typer.echo(f"{'service':<24} {'port':>5}  {'health':<22} {'server'}")
     for svc in spec.services:
         h = svc.health
-        health = (
-            f"every {h.interval_s:g}s, {h.max_consecutive_failures}x, {'restart' if h.auto_restart else 'alert'}"
-            if h.enabled
-            else "off"
-        )
+        action = "restart" if h.auto_restart else "alert"
+        health = f"every {h.interval_s:g}s, {h.max_consecutive_failures}x, {action}"
+        health = health if h.enabled else "off"
         typer.echo(
             f"{svc.name:<24} {svc.port:>5}  {health:<22} {svc.server_module}.{svc.server_class}"
         )
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("rpcgen: aborted", err=True)
         return 130
     except Exception as exc:
-        from rpcgen.generator.errors import RpcgenError
+        from .errors import RpcgenError
 
         if isinstance(exc, RpcgenError):
             for line in exc.lines():
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return EXIT_INTERNAL
-    return int(result) if isinstance(result, int) else EXIT_OK
+    return result if isinstance(result, int) else EXIT_OK
 
 
 if __name__ == "__main__":

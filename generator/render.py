@@ -82,15 +82,15 @@ def black_mode(root: Path) -> Any:
         except Exception:
             data = {}
         config = data.get("tool", {}).get("black", {}) or {}
-    targets = {
-        black.TargetVersion[v.upper()]
-        for v in config.get("target-version", config.get("target_version", []))
-    }
+    from black.const import DEFAULT_LINE_LENGTH
+    from black.mode import TargetVersion
+
+    versions = config.get("target-version", config.get("target_version", []))
+    targets = {TargetVersion[v.upper()] for v in versions}
+    line_length = config.get("line-length", config.get("line_length", DEFAULT_LINE_LENGTH))
     return black.Mode(
         target_versions=targets,
-        line_length=int(
-            config.get("line-length", config.get("line_length", black.DEFAULT_LINE_LENGTH))
-        ),
+        line_length=int(line_length),
         string_normalization=not config.get("skip-string-normalization", False),
         magic_trailing_comma=not config.get("skip-magic-trailing-comma", False),
         preview=bool(config.get("preview", False)),
@@ -139,7 +139,7 @@ def render_project(
     root: Path, spec: ProjectSpec, *, read: Callable[[Path], str | None] | None = None
 ) -> Rendered:
     """Render every service of ``spec``. Reads server modules; writes nothing."""
-    import black
+    from importlib.metadata import version
 
     reader = read or _read
     env = _environment()
@@ -191,7 +191,7 @@ def render_project(
     for out in outputs:
         unique.setdefault(out.path, out)
     return Rendered(
-        tuple(sorted(unique.values(), key=lambda o: o.path)), tuple(notes), str(black.__version__)
+        tuple(sorted(unique.values(), key=lambda o: o.path)), tuple(notes), version("black")
     )
 
 

@@ -103,7 +103,7 @@ class ProjectSpec:
 
 @dataclass(frozen=True)
 class SpecLocation:
-    """Where the spec is: a file, and the table path inside it (``()`` or ``("tool", "rpcgen")``)."""
+    """Where the spec is: a file, and its table path (``()`` or ``("tool", "rpcgen")``)."""
 
     path: Path
     table: tuple[str, ...]
@@ -138,17 +138,22 @@ def find_spec(root: Path) -> SpecLocation | None:
 
 
 def _parse_toml(text: str, label: str) -> dict[str, Any]:
+    data: dict[str, Any] = _parse_doc(text, label).unwrap()
+    return data
+
+
+def _parse_doc(text: str, label: str) -> Any:
+    """A tomlkit document (keeps comments), or a one-line SpecError naming line and column."""
     import tomlkit
     from tomlkit.exceptions import ParseError
 
     try:
-        data: dict[str, Any] = tomlkit.parse(text).unwrap()
+        return tomlkit.parse(text)
     except ParseError as exc:
         line, col = getattr(exc, "line", None), getattr(exc, "col", None)
         where = f"{label}:{line}:{col}" if line else label
         message = str(exc).split(" at line ")[0]
         raise SpecError([SpecIssue(where, f"malformed TOML: {message}")]) from exc
-    return data
 
 
 def _table(data: Mapping[str, Any], table: tuple[str, ...]) -> Any:
@@ -377,7 +382,8 @@ def _check_across(c: _Checker, services: list[ServiceSpec], package: str) -> Non
             owner = files.get(module)
             if owner is not None and owner != svc.name:
                 c.add(
-                    f"module {module!r} would be written for both {owner} and {svc.name}; rename one",
+                    f"module {module!r} would be written for both {owner} and {svc.name}; "
+                    "rename one",
                     service=svc.name,
                     field="name",
                 )
@@ -471,7 +477,7 @@ def add_service(
         doc.add("tests_dir", "tests")
         doc.add("host", "127.0.0.1")
     else:
-        doc = tomlkit.parse(location.path.read_text(encoding="utf-8"))
+        doc = _parse_doc(location.path.read_text(encoding="utf-8"), location.path.name)
     label = location.label
     existing = parse_spec(_table(doc.unwrap(), location.table), label)
     if any(s.name == name for s in existing.services):

@@ -239,7 +239,8 @@ def make_plan(
             raise ServerModuleError(
                 path=out.path,
                 service=out.service or "?",
-                reason="the server module was deleted; restore it, or remove the service from the spec",
+                reason="the server module was deleted; restore it, or remove the service "
+                "from the spec",
             )
         decisions.append(decision)
         if new_entry is not None:

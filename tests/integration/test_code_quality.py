@@ -15,7 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_mypy_strict_on_runtime_and_tests(tmp_path: Path) -> None:
     shim = rpcgen_shim(tmp_path)
     result = run_mypy(
-        ["--strict", "--cache-dir", str(tmp_path / "cache"), "-p", "rpcgen.runtime", "-p", "tests"],
+        [
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "-p",
+            "rpcgen.runtime",
+            "-p",
+            "rpcgen.generator",
+            "-p",
+            "tests",
+        ],
         cwd=ROOT,
         shim=shim,
     )

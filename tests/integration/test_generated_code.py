@@ -1,0 +1,170 @@
+"""Generated code as it comes out: black, ruff (current defaults) and mypy --strict clean,
+and it really works, under spawn too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rpcgen.generator.api import generate, new_service
+from tests.support.project import write
+from tests.support.trading_fixture import MODELS, SERVER, SPEC
+from tests.support.typecheck import rpcgen_shim, run_mypy, run_ruff
+from tests.support.waiting import free_port
+
+MYPY_CONFIG = """\
+[tool.mypy]
+strict = true
+
+[[tool.mypy.overrides]]
+# The user's own server module is not held to --strict here (it has an
+# unannotated method on purpose); the generated files are.
+module = "services.trading_server"
+ignore_errors = true
+"""
+
+
+@pytest.fixture
+def trading(tmp_path: Path) -> Path:
+    write(tmp_path, "rpcgen.toml", SPEC.format(port=free_port()))
+    write(tmp_path, "services/__init__.py", '"""Services."""\n')
+    write(tmp_path, "services/models.py", MODELS)
+    write(tmp_path, "services/trading_server.py", SERVER)
+    write(tmp_path, "pyproject.toml", MYPY_CONFIG)
+    generate(tmp_path)
+    return tmp_path
+
+
+def test_signatures_annotations_and_imports_are_copied(trading: Path) -> None:
+    text = (trading / "services/trading_base.py").read_text()
+    expected = [
+        "    from services.trading_server import Side, TradingServer",
+        "import datetime as dt",
+        "from decimal import Decimal",
+        "from services.models import Order",
+        "from collections.abc import Sequence",
+        "from services.models import Mode\n",  # runtime import: a default uses it
+        '        side: Side = "buy",',
+        "        limit: int = 10,",  # literal constant inlined
+        "        mode: Mode = Mode.FAST,",
+        "    ) -> Decimal | None:",
+        '        """Place an order; returns its price."""',
+        "        return self._server_proxy.place_rpc(order, side, limit=limit, mode=mode)",
+        "self, symbols: list[str], since: dt.datetime | None = None",
+        ") -> dict[str, list[Order]]:",
+        "def totals(self, *amounts: Decimal, **tags: str) -> int | float:",
+        "return self._server_proxy.totals_rpc(*amounts, **tags)",
+        "def clear(self, symbol: str, /) -> None:",
+        "        self._server_proxy.clear_rpc(symbol)\n",  # -> None: a bare call
+        "def bulk(self, orders: Sequence[Order]) -> int:",
+        "def unannotated(self, x: Any, y: Any = 2) -> Any:",
+        '        """Answer pong."""',
+    ]
+    for fragment in expected:
+        assert fragment in text, fragment
+    for absent in (
+        "def shutdown(",
+        "def stream(",
+        "_private",
+        "def helper",
+        "def health_check(",
+        "Optional",
+        "List[",
+    ):
+        assert absent not in text
+
+
+def test_skipped_methods_are_reported(trading: Path) -> None:
+    notes = generate(trading, dry_run=True).plan.notes
+    assert any("skipped shutdown_rpc()" in n and "clash with RPCServiceBase" in n for n in notes)
+    assert any("skipped stream_rpc(): async" in n for n in notes)
+
+
+@pytest.mark.slow
+def test_generated_files_pass_black_ruff_and_mypy_strict(
+    trading: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    generated = ["services/trading_base.py", "services/trading.py", "tests/test_trading.py"]
+    black = subprocess.run(
+        [sys.executable, "-m", "black", "--check", *generated],
+        cwd=trading,
+        capture_output=True,
+        text=True,
+    )
+    assert black.returncode == 0, black.stderr
+    ruff = run_ruff(["check", "--no-cache", "--isolated", *generated], trading)
+    assert ruff.returncode == 0, ruff.stdout
+    shim = rpcgen_shim(tmp_path_factory.mktemp("shim"))
+    mypy = run_mypy(["--cache-dir", str(trading / ".mypy_cache"), *generated], trading, shim)
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+
+
+CALLS = """\
+import sys
+from decimal import Decimal
+from services.models import Order
+from services.trading import Trading
+
+t = Trading(port=int(sys.argv[1]), start_method=sys.argv[2])
+try:
+    assert t.ping() == "pong"
+    assert t.place(Order("BTC", 3)) == Decimal(3)
+    assert t.place(Order("ETH", 1), "sell") is None
+    assert t.history(["BTC"]) == {"BTC": [Order("BTC", 3)]}
+    assert t.totals(Decimal(1), Decimal(2), a="x") == 4.0
+    t.clear("BTC")
+    assert t.history(["BTC"]) == {"BTC": []}
+    assert t.bulk([Order("A", 1)]) == 1
+    assert t.unannotated(7) == 7
+    assert t.health_check() is True
+    print("ok", t.server_pid)
+finally:
+    t.shutdown()
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_generated_client_works_under_every_start_method(trading: Path, method: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CALLS, str(free_port()), method],
+        cwd=trading,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok ")
+
+
+@pytest.mark.slow
+def test_new_project_end_to_end_generated_tests_pass(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    new_service(tmp_path, "Foo", port=free_port())
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+    files = ["services", "tests"]
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "black", "--check", *files], cwd=tmp_path, capture_output=True
+        ).returncode
+        == 0
+    )
+    ruff = run_ruff(["check", "--no-cache", "--isolated", *files], tmp_path)
+    assert ruff.returncode == 0, ruff.stdout
+    mypy = run_mypy(
+        ["--strict", "--cache-dir", str(tmp_path / ".mypy_cache"), *files],
+        tmp_path,
+        rpcgen_shim(tmp_path_factory.mktemp("shim")),
+    )
+    assert mypy.returncode == 0, mypy.stdout
