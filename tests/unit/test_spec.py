@@ -161,7 +161,8 @@ BAD_FILES = {
     "unknown key": ("rpcgen.toml", _svc(extra="prot = 1"), "did you mean 'port'?"),
     "pyproject": (
         "pyproject.toml",
-        '[project]\nname = "x"\n[tool.rpcgen]\nschema_version = 1\n[tool.rpcgen.services.Foo]\nport = 5\n',
+        '[project]\nname = "x"\n[tool.rpcgen]\nschema_version = 1\n'
+        "[tool.rpcgen.services.Foo]\nport = 5\n",
         "pyproject.toml [tool.rpcgen]: service Foo: port",
     ),
 }
@@ -198,7 +199,7 @@ def test_cli_new_rejects_bad_names_without_writing(
 def test_both_spec_locations_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "rpcgen.toml", "schema_version = 1\n")
     write(tmp_path, "pyproject.toml", "[tool.rpcgen]\nschema_version = 1\n")
-    with pytest.raises(SpecError, match="both here and in pyproject.toml"):
+    with pytest.raises(SpecError, match=r"both here and in pyproject\.toml"):
         load_spec(tmp_path)
 
 
