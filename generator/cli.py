@@ -105,16 +105,21 @@ def new(
 ) -> None:
     """Add a service to the spec (creating the spec if needed) and render it."""
     from .api import new_service
+    from .errors import ConflictsWritten
     from .spec import HealthSpec
 
-    result = new_service(
-        root,
-        name,
-        port=port,
-        server_module=server_module,
-        health=HealthSpec(health, health_interval, max_failures, auto_restart),
-        dry_run=dry_run,
-    )
+    try:
+        result = new_service(
+            root,
+            name,
+            port=port,
+            server_module=server_module,
+            health=HealthSpec(health, health_interval, max_failures, auto_restart),
+            dry_run=dry_run,
+        )
+    except ConflictsWritten as exc:
+        _report(exc.plan, diff=False)
+        raise
     added = result.added
     if added.created_spec:
         typer.echo(f"{'would create' if dry_run else 'created'} {added.location.label}")
@@ -137,6 +142,7 @@ def generate(
     """Re-render every service from the spec and its server class."""
     from .api import generate as run_generate
     from .api import plan_generate
+    from .errors import ConflictsWritten
 
     if check:
         plan = plan_generate(root)
@@ -146,7 +152,11 @@ def generate(
             raise typer.Exit(EXIT_DRIFT)
         typer.echo("up to date")
         return
-    result = run_generate(root, dry_run=dry_run)
+    try:
+        result = run_generate(root, dry_run=dry_run)
+    except ConflictsWritten as exc:
+        _report(exc.plan, diff=diff)
+        raise
     _report(result.plan, diff=diff)
 
 
@@ -167,19 +177,35 @@ def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
         )
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's UsageError; recent typer vendors click as typer._click, older uses click."""
+    import importlib
+
+    found: list[type[Exception]] = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).UsageError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every error into one line and an exit code."""
-    import click
-
+    usage_errors = _usage_errors()
     args = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=args, prog_name="rpcgen", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.UsageError as exc:
-        typer.echo(f"rpcgen: error: {exc.format_message()}", err=True)
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0))
+    except usage_errors as exc:
+        message = str(getattr(exc, "format_message", exc.__str__)())
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rpcgen`: show the help
+            typer.echo(message)
+            return EXIT_USAGE
+        typer.echo(f"rpcgen: error: {' '.join(message.split())}", err=True)
         return EXIT_USAGE
-    except click.Abort:
+    except typer.Abort:
         typer.echo("rpcgen: aborted", err=True)
         return 130
     except Exception as exc:

@@ -73,8 +73,10 @@ class ConflictsWritten(RpcgenError):
 
     exit_code = 3
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(self, paths: Sequence[str], plan: object = None) -> None:
         self.paths = list(paths)
+        #: The plan that was applied, so a caller can still report every file.
+        self.plan = plan
         super().__init__(
             f"merge conflicts written to {', '.join(self.paths)}: resolve the <<<<<<< markers, "
             "then run `rpcgen generate` again"

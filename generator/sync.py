@@ -373,4 +373,4 @@ def apply_plan(
             write(root / decision.path, decision.new)
     write(root / LOCK_FILE, plan.lock.dumps())
     if plan.conflicts:
-        raise ConflictsWritten(plan.conflicts)
+        raise ConflictsWritten(plan.conflicts, plan)

@@ -14,6 +14,8 @@ import argparse
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -31,11 +33,21 @@ class LivePriceFetcherServer:
         return {"status": "ok", "timestamp_ms": int(time.time() * 1000)}
 
 
+_OUT = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print one whole line: notifications arrive from another thread."""
+    with _OUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 class PrintingNotifier:
     """Stands in for the seed's SlackNotifier: same interface."""
 
     def send_message(self, message: str, level: str = "info") -> None:
-        print(f"[notify:{level}] {message}", flush=True)
+        say(f"[notify:{level}] {message}")
 
 
 class LivePriceFetcher(RPCServiceBase[LivePriceFetcherServer]):
@@ -84,20 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fetcher = LivePriceFetcher(slack_notifier=PrintingNotifier(), port=args.port)
     try:
-        print("BTCUSD:", fetcher.get_latest_price("BTCUSD"), flush=True)
+        say(f"BTCUSD: {fetcher.get_latest_price('BTCUSD')}")
         old = fetcher.server_pid
         assert old is not None
         os.kill(old, signal.SIGKILL)
-        print(f"killed server pid {old}", flush=True)
+        say(f"killed server pid {old}")
         now = int(time.time() * 1000)
-        print("healthy right after the kill:", fetcher.health_check(now), flush=True)
-        print("restarted as pid", fetcher.server_pid, flush=True)
-        print("BTCUSD:", fetcher.get_latest_price("BTCUSD"), flush=True)
-        print("healthy a minute later:", fetcher.health_check(now + 60_000), flush=True)
+        say(f"healthy right after the kill: {fetcher.health_check(now)}")
+        say(f"restarted as pid {fetcher.server_pid}")
+        say(f"BTCUSD: {fetcher.get_latest_price('BTCUSD')}")
+        say(f"healthy a minute later: {fetcher.health_check(now + 60_000)}")
         fetcher.flush_notifications()
     finally:
         fetcher.shutdown()
-    print("shut down cleanly", flush=True)
+    say("shut down cleanly")
     return 0
 
 
