@@ -9,10 +9,10 @@ import platform
 import sys
 from pathlib import Path
 
-from . import lifecycle
+from . import generator, lifecycle
 from ._util import Row
 
-GROUPS = {"lifecycle": lifecycle.run}
+GROUPS = {"lifecycle": lifecycle.run, "generator": generator.run}
 
 
 def machine() -> dict[str, str | int | None]:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -31,13 +31,46 @@ Owner = Literal["rpcgen", "user"]
 
 @dataclass(frozen=True)
 class Output:
-    """One file rpcgen renders: where, what, who owns it."""
+    """One file rpcgen renders: where, what, who owns it.
+
+    ``raw`` is the template's output; ``text`` is that, formatted by black. It is
+    formatted on first use only: a user-owned file that exists is never written,
+    so it need not be formatted at all (black is most of a run's time).
+    """
 
     path: str  # posix, relative to the project root
-    text: str
+    raw: str
     owner: Owner
     service: str | None
     kind: str  # base | client | server | test | package
+    mode: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        return _format(self.raw, self.mode) if self.mode is not None else self.raw
+
+    @property
+    def render_key(self) -> str:
+        """Identifies ``text`` without computing it: same raw text, black and mode."""
+        data = "\0".join([self.raw, _mode_key(self.mode), _black_version()])
+        return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+@cache
+def _black_version() -> str:
+    from importlib.metadata import version
+
+    return version("black")
+
+
+def _mode_key(mode: Any) -> str:
+    if mode is None:
+        return "unformatted"
+    targets = ",".join(sorted(v.name for v in mode.target_versions))
+    return (
+        f"{targets}|{mode.line_length}|{mode.string_normalization}|"
+        f"{mode.magic_trailing_comma}|{mode.preview}"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +130,7 @@ def black_mode(root: Path) -> Any:
     )
 
 
+@lru_cache(maxsize=512)
 def _format(text: str, mode: Any) -> str:
     import black
 
@@ -139,8 +173,6 @@ def render_project(
     root: Path, spec: ProjectSpec, *, read: Callable[[Path], str | None] | None = None
 ) -> Rendered:
     """Render every service of ``spec``. Reads server modules; writes nothing."""
-    from importlib.metadata import version
-
     reader = read or _read
     env = _environment()
     mode = black_mode(root)
@@ -167,16 +199,19 @@ def render_project(
         text = env.get_template("package_init.py.jinja").render(
             package=init.rsplit("/", 2)[0].replace("/", ".")
         )
-        outputs.append(Output(init, _format(text, mode), "user", None, "package"))
+        outputs.append(Output(init, text, "user", None, "package", mode))
 
     for svc, server_rel, existing in per_service:
-        server_text = existing
-        skeleton = _format(
-            env.get_template("server.py.jinja").render(svc=svc, server_class=svc.server_class), mode
+        skeleton = Output(
+            server_rel,
+            env.get_template("server.py.jinja").render(svc=svc, server_class=svc.server_class),
+            "user",
+            svc.name,
+            "server",
+            mode,
         )
-        if server_text is None:
-            server_text = skeleton
-        outputs.append(Output(server_rel, skeleton, "user", svc.name, "server"))
+        server_text = existing if existing is not None else skeleton.text
+        outputs.append(skeleton)
         interface = read_server_interface(
             server_text,
             module=svc.server_module,
@@ -191,7 +226,7 @@ def render_project(
     for out in outputs:
         unique.setdefault(out.path, out)
     return Rendered(
-        tuple(sorted(unique.values(), key=lambda o: o.path)), tuple(notes), version("black")
+        tuple(sorted(unique.values(), key=lambda o: o.path)), tuple(notes), _black_version()
     )
 
 
@@ -254,11 +289,7 @@ def _render_service(
     owners: dict[str, Owner] = {"rpcgen": "rpcgen", "user": "user"}
     return [
         Output(
-            path,
-            _format(env.get_template(template).render(**context), mode),
-            owners[owner],
-            svc.name,
-            kind,
+            path, env.get_template(template).render(**context), owners[owner], svc.name, kind, mode
         )
         for path, template, owner, kind in files
     ]

@@ -69,11 +69,16 @@ class LockEntry:
     sha256: str
     #: owned files: the text rpcgen rendered (the merge base); user files: None
     pristine: str | None = None
+    #: owned files: Output.render_key of ``pristine``: when the next render has the same
+    #: key, ``pristine`` is its formatted text and black need not run again.
+    render_key: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"owner": self.owner, "service": self.service, "sha256": self.sha256}
         if self.pristine is not None:
             data["pristine"] = self.pristine
+        if self.render_key is not None:
+            data["render_key"] = self.render_key
         return data
 
 
@@ -96,7 +101,13 @@ class Lock:
             ) from exc
         try:
             files = {
-                str(p): LockEntry(e["owner"], e.get("service"), e["sha256"], e.get("pristine"))
+                str(p): LockEntry(
+                    e["owner"],
+                    e.get("service"),
+                    e["sha256"],
+                    e.get("pristine"),
+                    e.get("render_key"),
+                )
                 for p, e in data["files"].items()
             }
             return cls(files, data.get("rpcgen_version", ""), data.get("black_version", ""))
@@ -143,14 +154,17 @@ class FileDecision:
     reason: str = ""
     old: str | None = None  # on disk now
     new: str | None = None  # to be written (None: nothing written)
-    shown: str | None = None  # what a diff should compare against `old` (user files: the render)
+    #: the render, for a diff of a file that is not written (formatted only if shown)
+    source: Output | None = field(default=None, compare=False, repr=False)
 
     def line(self) -> str:
         reason = f" ({self.reason})" if self.reason else ""
         return f"{self.action.value:<9} {self.path}{reason}"
 
     def diff(self) -> str:
-        target = self.new if self.new is not None else self.shown
+        target = self.new
+        if target is None and self.source is not None:
+            target = self.source.text
         if self.action is Action.DELETE:
             target = ""
         if target is None or target == (self.old or ""):
@@ -281,8 +295,12 @@ def make_plan(
 def _decide_owned(
     out: Output, disk: str | None, entry: LockEntry | None
 ) -> tuple[FileDecision, LockEntry | None]:
-    new = out.text
-    record = LockEntry("rpcgen", out.service, _sha(new), new)
+    key = out.render_key
+    if entry is not None and entry.pristine is not None and entry.render_key == key:
+        new = entry.pristine  # black would give exactly this again
+    else:
+        new = out.text
+    record = LockEntry("rpcgen", out.service, _sha(new), new, key)
 
     def d(action: Action, reason: str = "", text: str | None = None) -> FileDecision:
         return FileDecision(out.path, action, "rpcgen", out.service, reason, disk, text)
@@ -316,7 +334,8 @@ def _decide_owned(
 def _decide_user(
     out: Output, disk: str | None, entry: LockEntry | None
 ) -> tuple[FileDecision, LockEntry | None]:
-    record = LockEntry("user", out.service, _sha(out.text))
+    # Keyed on the template's raw output, so an existing user file needs no formatting.
+    record = LockEntry("user", out.service, _sha(out.raw))
     if disk is None:
         if entry is None:
             return (
@@ -334,7 +353,7 @@ def _decide_user(
         reason = "user-owned; its template changed, see `rpcgen generate --diff`"
     kept = record if entry is not None else None  # a template change is reported once
     return (
-        FileDecision(out.path, Action.SKIP, "user", out.service, reason, disk, None, out.text),
+        FileDecision(out.path, Action.SKIP, "user", out.service, reason, disk, None, out),
         kept,
     )
 

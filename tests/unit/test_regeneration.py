@@ -320,3 +320,14 @@ def test_spec_in_pyproject_keeps_comments(
     assert "[tool.rpcgen.services.Foo]" in text
     assert not (tmp_path / "rpcgen.toml").exists()
     assert "DEFAULT_PORT = 50010" in read(tmp_path, BASE)
+
+
+def test_changing_the_black_config_reformats_owned_files(project: Path) -> None:
+    before = read(project, BASE)
+    write(project, "pyproject.toml", "[tool.black]\nline-length = 60\n")
+    plan = generate(project).plan
+    assert actions(plan)[BASE] is Action.UPDATE
+    assert read(project, BASE) != before
+    write(project, "pyproject.toml", "")
+    generate(project)
+    assert read(project, BASE) == before
