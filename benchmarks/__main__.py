@@ -9,10 +9,14 @@ import platform
 import sys
 from pathlib import Path
 
-from . import generator, lifecycle
+from . import calls, generator, lifecycle
 from ._util import Row
 
-GROUPS = {"lifecycle": lifecycle.run, "generator": generator.run}
+GROUPS = {
+    "calls": calls.run,
+    "lifecycle": lifecycle.run,
+    "generator": generator.run,
+}
 
 
 def machine() -> dict[str, str | int | None]:
@@ -49,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(GROUPS), help=f"groups to run: {','.join(GROUPS)}"
     )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin latency runs to one core (see calls.py)"
+    )
     args = parser.parse_args(argv)
+    calls.PIN = not args.no_pin
     wanted = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in wanted if g not in GROUPS]
     if unknown:

@@ -40,7 +40,9 @@ def run(quick: bool) -> list[Row]:
         big.mkdir()
         for i in range(20):
             _time([*rpcgen, "new", f"Service{i}", "--port", str(50000 + i), "-C", str(big)])
-        check_times = [_time([*rpcgen, "generate", "--check", "-C", str(big)]) for _ in range(rounds)]
+        check_times = [
+            _time([*rpcgen, "generate", "--check", "-C", str(big)]) for _ in range(rounds)
+        ]
     help_times, typer_times = [], []
     for _ in range(rounds):  # interleaved, so both see the same machine load
         typer_times.append(_time([sys.executable, "-c", "import typer"]))
@@ -50,7 +52,12 @@ def run(quick: bool) -> list[Row]:
     new_ms = statistics.median(new_times) * 1000
     rows += [
         Row("generator", "rpcgen new (whole command)", new_ms, "ms", target="<= 500 ms"),
-        Row("generator", "rpcgen generate --check, 20 services", statistics.median(check_times) * 1000, "ms"),
+        Row(
+            "generator",
+            "rpcgen generate --check, 20 services",
+            statistics.median(check_times) * 1000,
+            "ms",
+        ),
         Row("generator", 'python -c "import typer"', typer_ms, "ms"),
         Row(
             "generator",

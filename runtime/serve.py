@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import select
 import signal
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import setproctitle
 
 from .transport import OBJECT_ID, SERIALIZER, Address
+from .wire import dumps, looks_big, recv_message, send_message
 
 __all__ = [
     "MARKER_PREFIX",
@@ -136,7 +138,14 @@ class ReadySignal:
 
 
 class _RPCServer(managers.Server):
-    """A manager Server with ``obj`` registered up front under a fixed id."""
+    """A manager Server with ``obj`` registered up front under a fixed id.
+
+    rpcgen clients open each connection with ``rpcgen_accept``, served by a lean
+    loop (plain pickle, one write per reply, no BaseProxy fallbacks); a stock
+    BaseManager client still gets ``accept_connection`` and the stock loop.
+    """
+
+    public = [*managers.Server.public, "rpcgen_accept"]  # noqa: RUF012  (as in Server)
 
     def __init__(self, obj: Any, address: Address, authkey: bytes, typeid: str) -> None:
         # Registering the typeid too lets a plain BaseManager client (register +
@@ -146,6 +155,47 @@ class _RPCServer(managers.Server):
         exposed = set(managers.public_methods(obj))  # type: ignore[attr-defined]
         self.id_to_obj[OBJECT_ID] = (obj, exposed, None)  # type: ignore[assignment]
         self.stop_event = threading.Event()
+
+    def rpcgen_accept(self, conn: Connection, name: str) -> None:
+        threading.current_thread().name = name
+        conn.send(("#RETURN", None))
+        self._serve_calls(conn)
+        raise SystemExit(0)  # handle_request closes the connection, as for the stock loop
+
+    def _serve_calls(self, conn: Connection) -> None:
+        """One client connection: call, reply, repeat, until EOF or stop."""
+        fd = conn.fileno()
+        loads = pickle.loads
+        table = self.id_to_obj
+        stop = self.stop_event
+        while not stop.is_set():
+            try:
+                request = recv_message(fd)
+            except (EOFError, OSError):
+                return
+            try:
+                ident, method, args, kwargs = loads(request)
+                obj, exposed, _ = table[ident]
+                if method not in exposed:
+                    raise AttributeError(
+                        f"method {method!r} of {type(obj).__name__!r} is not exposed"
+                    )
+                try:
+                    result = getattr(obj, method)(*args, **kwargs)
+                    reply: tuple[str, Any] = ("#RETURN", result)
+                    big = looks_big((result,))
+                except Exception as exc:
+                    reply, big = ("#ERROR", exc), False
+            except Exception:
+                reply, big = ("#TRACEBACK", traceback.format_exc()), False
+            try:
+                data = dumps(reply, big)
+            except Exception:
+                data = dumps(("#UNSERIALIZABLE", traceback.format_exc()), False)
+            try:
+                send_message(fd, data)
+            except OSError:
+                return
 
     def serve_forever(self, owner_pid: int | None = None) -> None:
         """Like ``managers.Server.serve_forever``, with two changes.
