@@ -9,13 +9,14 @@ import platform
 import sys
 from pathlib import Path
 
-from . import calls, generator, lifecycle
+from . import calls, generator, lifecycle, peers
 from ._util import Row
 
 GROUPS = {
     "calls": calls.run,
     "lifecycle": lifecycle.run,
     "generator": generator.run,
+    "peers": peers.run,
 }
 
 

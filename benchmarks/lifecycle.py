@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import secrets
+import signal
+import time
 
 from ._services import BenchClient, StockManager
 from ._util import Row, free_port, median_ms, timed
@@ -39,6 +42,40 @@ def _rpcgen_round(method: str) -> tuple[float, float]:
     return start, stop
 
 
+SEED_RESTART_SLEEP_S = 2.0  # the seed design slept this long on every restart
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _restart_round(method: str) -> float:
+    """SIGKILL the server; time from the health check that detects it to the first call."""
+    client = BenchClient(
+        free_port(), start_method=method, enable_health_check=True, health_check_interval_s=0
+    )
+    try:
+        client.echo(1)
+        pid = client.server_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not _dead(pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        client.health_check()  # detects the dead server and restarts it
+        client.echo(1)
+        elapsed = time.perf_counter() - start
+        assert client.server_pid not in (None, pid)
+        return elapsed
+    finally:
+        client.shutdown()
+
+
 def run(quick: bool) -> list[Row]:
     rounds = 3 if quick else 15
     rows: list[Row] = []
@@ -70,4 +107,17 @@ def run(quick: bool) -> list[Row]:
                 target="<= 0.2x",
             ),
         ]
+    for method in ("fork", "spawn"):
+        restart = median_ms([_restart_round(method) for _ in range(rounds)])
+        rows.append(
+            Row(
+                "lifecycle",
+                f"restart after SIGKILL, detection->first call ({method})",
+                restart,
+                "ms",
+                baseline="seed's fixed 2 s sleep",
+                ratio=restart / (SEED_RESTART_SLEEP_S * 1000),
+                target="<= 200 ms (0.1x)" if method == "fork" else None,
+            )
+        )
     return rows

@@ -1,0 +1,50 @@
+"""The benchmarks keep working: CI runs the --quick mode. No timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import ROOT
+
+
+@pytest.mark.slow
+def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    groups = {row["group"] for row in data["rows"]}
+    assert {"calls/steady", "lifecycle", "throughput", "generator", "peers"} <= groups
+    names = {row["name"] for row in data["rows"]}
+    for expected in (
+        "steady: rpcgen client method (median)",
+        "start->first call, rpcgen (fork)",
+        "shutdown, rpcgen (spawn)",
+        "restart after SIGKILL, detection->first call (fork)",
+        "4 client processes",
+        "rpcgen --help",
+    ):
+        assert expected in names
+    assert "benchmark" in result.stdout  # the table was printed
+
+
+def test_unknown_group_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "unknown benchmark group" in result.stderr
