@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def new_service(
     port: int | None = None,
     server_module: str | None = None,
     health: HealthSpec | None = None,
+    depends_on: Sequence[str] = (),
     dry_run: bool = False,
 ) -> NewResult:
     """Add a service to the spec (creating it if needed), then render the project.
@@ -79,7 +81,9 @@ def new_service(
     Everything is validated and rendered before anything is written: on any
     error no file changes.
     """
-    added = add_service(root, name, port=port, server_module=server_module, health=health)
+    added = add_service(
+        root, name, port=port, server_module=server_module, health=health, depends_on=depends_on
+    )
     plan = plan_generate(root, added.spec)
     if not dry_run:
         atomic_write(added.location.path, added.text)

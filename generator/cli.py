@@ -90,6 +90,10 @@ def new(
         str | None,
         typer.Option(help="Module of the server class (default: <package>.<name>_server)."),
     ] = None,
+    depends_on: Annotated[
+        list[str] | None,
+        typer.Option("--depends-on", help="A service this one depends on (repeatable)."),
+    ] = None,
     health: Annotated[
         bool, typer.Option("--health/--no-health", help="Enable health checks.")
     ] = True,
@@ -115,6 +119,7 @@ def new(
             port=port,
             server_module=server_module,
             health=HealthSpec(health, health_interval, max_failures, auto_restart),
+            depends_on=depends_on or (),
             dry_run=dry_run,
         )
     except ConflictsWritten as exc:
@@ -175,6 +180,42 @@ def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
         typer.echo(
             f"{svc.name:<24} {svc.port:>5}  {health:<22} {svc.server_module}.{svc.server_class}"
         )
+
+
+@app.command()
+def ps(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List running rpcgen server processes on this machine (found by their process title)."""
+    import json
+
+    from rpcgen.runtime.process import list_servers
+
+    servers = list_servers()
+    if as_json:
+        typer.echo(json.dumps([s.as_dict() for s in servers], indent=2, sort_keys=True))
+        return
+    if not servers:
+        typer.echo("no rpcgen servers running")
+        return
+    typer.echo(
+        f"{'service':<24} {'port':>5} {'pid':>7} {'ppid':>7} {'owner':>7} {'uptime':>9} {'rss':>9}"
+    )
+    for s in servers:
+        owner = str(s.owner_pid) if s.owner_alive else f"{s.owner_pid}!"
+        rss = f"{s.rss_bytes / 2**20:.1f}M"
+        typer.echo(
+            f"{s.service:<24} {s.port:>5} {s.pid:>7} {s.parent_pid:>7} {owner:>7} "
+            f"{_duration(s.uptime_s):>9} {rss:>9}"
+        )
+    if any(not s.owner_alive for s in servers):
+        typer.echo("! owner process gone: an orphan (it exits by itself within moments)")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

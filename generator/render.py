@@ -94,6 +94,7 @@ def _environment() -> Any:
         autoescape=False,
     )
     env.filters["docstring"] = _docstring
+    env.filters["pytuple"] = lambda items: repr(tuple(str(i) for i in items))
     return env
 
 
@@ -189,6 +190,7 @@ def render_project(
         existing = reader(server_path)
         per_service.append((svc, rel, existing))
         planned |= {
+            f"{spec.package.replace('.', '/')}/registry.py",
             rel,
             f"{spec.package.replace('.', '/')}/{svc.snake}.py",
             f"{spec.package.replace('.', '/')}/{svc.snake}_base.py",
@@ -222,12 +224,44 @@ def render_project(
         )
         notes.extend(interface.notes)
         outputs.extend(_render_service(env, mode, spec, svc, interface, first_party))
+    outputs.append(_render_registry(env, mode, spec, first_party))
     unique: dict[str, Output] = {}
     for out in outputs:
         unique.setdefault(out.path, out)
     return Rendered(
         tuple(sorted(unique.values(), key=lambda o: o.path)), tuple(notes), _black_version()
     )
+
+
+def _render_registry(
+    env: Any, mode: Any, spec: ProjectSpec, first_party: Callable[[str], bool]
+) -> Output:
+    imports = {
+        Import("__future__", "annotations"),
+        Import("typing", "Any"),
+        Import("rpcgen.runtime", "ServiceGraph"),
+        Import("rpcgen.runtime", "ServiceNode"),
+        Import("rpcgen.runtime", "StartedServices"),
+        *(Import(f"{spec.package}.{svc.snake}", svc.name) for svc in spec.services),
+    }
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "template": TEMPLATE_VERSION,
+                "package": spec.package,
+                "services": [asdict(s) for s in spec.services],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    text = env.get_template("registry.py.jinja").render(
+        spec_source=spec.source,
+        spec_hash=digest,
+        imports="\n".join(import_lines(imports, first_party)),
+        services=sorted(spec.services, key=lambda s: s.name),
+    )
+    path = f"{spec.package.replace('.', '/')}/registry.py"
+    return Output(path, text, "rpcgen", None, "registry", mode)
 
 
 def _read(path: Path) -> str | None:
@@ -263,7 +297,9 @@ def _render_service(
         *interface.runtime_imports,
     }
     bound = {imp.bound for imp in runtime}
+    deps = [spec.service(name) for name in svc.depends_on]
     typing_only = {Import(svc.server_module, svc.server_class)}
+    typing_only |= {Import(f"{spec.package}.{dep.snake}", dep.name) for dep in deps}
     typing_only |= {imp for imp in interface.typing_imports if imp.bound not in bound}
     context = {
         "svc": svc,
@@ -280,6 +316,7 @@ def _render_service(
         "typing_imports": [line for line in import_lines(typing_only, first_party)],
         "package": spec.package,
         "has_echo": any(m.client_name == "echo" for m in interface.methods),
+        "deps": deps,
     }
     files = [
         (base_path, "service_base.py.jinja", "rpcgen", "base"),

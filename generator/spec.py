@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import difflib
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -253,6 +253,14 @@ def parse_spec(data: Mapping[str, Any], file: str = SPEC_FILE) -> ProjectSpec:
     )
 
 
+def _reserved_attributes() -> frozenset[str]:
+    # A dependency's client is passed to (and stored on) its dependent under its
+    # snake-case name, so that name must not shadow the base class's own attributes.
+    from .introspect import reserved_client_names
+
+    return reserved_client_names()
+
+
 def _is_relative_dir(text: str) -> bool:
     path = PurePosixPath(text)
     return bool(text) and not path.is_absolute() and ".." not in path.parts and "\\" not in text
@@ -268,6 +276,18 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
         )
         return None
     snake = snake_case(name)
+    if snake == "registry" or snake in _reserved_attributes():
+        what = (
+            "the generated registry module"
+            if snake == "registry"
+            else "an RPCServiceBase attribute"
+        )
+        c.add(
+            f"name clashes with {what} ({snake!r}); choose another name",
+            service=name,
+            field="name",
+        )
+        ok = False
     if snake in STDLIB_MODULES:
         c.add(
             f"name clashes with the standard library module {snake!r}; choose another name",
@@ -458,6 +478,7 @@ def add_service(
     port: int | None = None,
     server_module: str | None = None,
     health: HealthSpec | None = None,
+    depends_on: Sequence[str] = (),
 ) -> NewService:
     """Add a service to the spec (creating the spec if needed). Writes nothing.
 
@@ -495,6 +516,8 @@ def add_service(
     table.add("port", port)
     if server_module is not None:
         table.add("server_module", server_module)
+    if depends_on:
+        table.add("depends_on", list(depends_on))
     health_table = tomlkit.table()
     health_table.add("enabled", health.enabled)
     health_table.add("interval_s", health.interval_s)

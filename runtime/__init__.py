@@ -19,7 +19,15 @@ from .errors import (
 )
 from .health import HealthPolicy, RestartPolicy
 from .notify import LoggingNotifier, NotificationDispatcher, Notifier, SlackWebhookNotifier
-from .process import cleanup_stale_server, find_listeners, port_is_free, wait_port_free
+from .process import (
+    ServerProcess,
+    cleanup_stale_server,
+    find_listeners,
+    list_servers,
+    port_is_free,
+    wait_port_free,
+)
+from .registry import ServiceGraph, ServiceNode, ServiceStartError, StartedServices
 from .serve import ReadySignal, ServerTitle, parse_process_title, process_title, serve_rpc
 from .service import RPCServiceBase, ServiceState
 from .transport import RPCProxy
@@ -38,17 +46,23 @@ __all__ = [
     "ReadySignal",
     "RemoteCallError",
     "RestartPolicy",
+    "ServerProcess",
     "ServerTitle",
     "ServiceAuthenticationError",
     "ServiceError",
+    "ServiceGraph",
+    "ServiceNode",
+    "ServiceStartError",
     "ServiceState",
     "ServiceStopped",
     "ServiceUnavailable",
     "SlackWebhookNotifier",
+    "StartedServices",
     "StartupError",
     "StartupTimeout",
     "cleanup_stale_server",
     "find_listeners",
+    "list_servers",
     "parse_process_title",
     "port_is_free",
     "process_title",

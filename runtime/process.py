@@ -23,8 +23,10 @@ from .serve import ReadySignal, parse_process_title
 
 __all__ = [
     "Listener",
+    "ServerProcess",
     "cleanup_stale_server",
     "find_listeners",
+    "list_servers",
     "port_is_free",
     "stop_process",
     "wait_port_free",
@@ -257,3 +259,56 @@ def stop_process(
         process.kill()
         process.join()
     return process.exitcode
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A running rpcgen server, found by its process-title marker."""
+
+    service: str
+    pid: int
+    port: int
+    parent_pid: int
+    owner_pid: int
+    owner_alive: bool
+    uptime_s: float
+    rss_bytes: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "pid": self.pid,
+            "port": self.port,
+            "parent_pid": self.parent_pid,
+            "owner_pid": self.owner_pid,
+            "owner_alive": self.owner_alive,
+            "uptime_s": round(self.uptime_s, 3),
+            "rss_bytes": self.rss_bytes,
+        }
+
+
+def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
+    """Every rpcgen server process on this machine (that we may inspect), by service and port."""
+    import psutil
+
+    found: list[ServerProcess] = []
+    now = clock()
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "memory_info"]):
+        info = proc.info
+        title = parse_process_title(info.get("cmdline") or [])
+        if title is None or proc.pid == os.getpid():
+            continue
+        memory = info.get("memory_info")
+        found.append(
+            ServerProcess(
+                service=title.service,
+                pid=proc.pid,
+                port=title.port,
+                parent_pid=info.get("ppid") or 0,
+                owner_pid=title.owner_pid,
+                owner_alive=bool(title.owner_pid) and psutil.pid_exists(title.owner_pid),
+                uptime_s=max(0.0, now - (info.get("create_time") or now)),
+                rss_bytes=memory.rss if memory is not None else 0,
+            )
+        )
+    return sorted(found, key=lambda s: (s.service, s.port, s.pid))
