@@ -10,12 +10,13 @@ import platform
 import sys
 from pathlib import Path
 
-from . import calls, generator, lifecycle, peers
+from . import calls, generator, lifecycle, peers, registry
 from ._util import Row
 
 GROUPS = {
     "calls": calls.run,
     "lifecycle": lifecycle.run,
+    "registry": registry.run,
     "generator": generator.run,
     "peers": peers.run,
 }

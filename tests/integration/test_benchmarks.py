@@ -25,7 +25,7 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
     groups = {row["group"] for row in data["rows"]}
-    assert {"calls/steady", "lifecycle", "throughput", "generator", "peers"} <= groups
+    assert {"calls/steady", "lifecycle", "throughput", "generator", "peers", "registry"} <= groups
     names = {row["name"] for row in data["rows"]}
     for expected in (
         "steady: rpcgen client method (median)",

@@ -4,28 +4,48 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.support.procs import ROOT
 from tests.support.waiting import free_port
 
-# module -> lines its output must contain
-EXAMPLES: dict[str, list[str]] = {
-    "examples.seed_compat.my_new_service": [
-        "direct: dep/1/hello",
-        "rpc: dep/2/hello",
-        "healthy: True",
-        "shut down cleanly",
-    ],
-    "examples.seed_compat.live_price_fetcher": [
-        "BTCUSD: 103.0",
-        "healthy right after the kill: False",
-        "[notify:warning] LivePriceFetcher server restarted",
-        "healthy a minute later: True",
-        "[notify:success] LivePriceFetcher recovered",
-        "shut down cleanly",
-    ],
+# module -> (arguments, lines its output must contain)
+EXAMPLES: dict[str, tuple[list[str], list[str]]] = {
+    "examples.seed_compat.my_new_service": (
+        ["--port", "{port}"],
+        [
+            "direct: dep/1/hello",
+            "rpc: dep/2/hello",
+            "healthy: True",
+            "shut down cleanly",
+        ],
+    ),
+    "examples.seed_compat.live_price_fetcher": (
+        ["--port", "{port}"],
+        [
+            "BTCUSD: 103.0",
+            "healthy right after the kill: False",
+            "[notify:warning] LivePriceFetcher server restarted",
+            "healthy a minute later: True",
+            "[notify:success] LivePriceFetcher recovered",
+            "shut down cleanly",
+        ],
+    ),
+    "examples.trading.demo": (
+        ["--free-ports", "--data-dir", "{tmp}"],
+        [
+            "started live_price_fetcher",
+            "filled 2 orders; order 3 still open",
+            "killed LivePriceFetcher server",
+            "[notify:warning] LivePriceFetcher server restarted",
+            "[notify:success] LivePriceFetcher recovered",
+            "LivePriceFetcher restarted by its health monitor",
+            "no position lost",
+            "shut down cleanly: no server process left",
+        ],
+    ),
 }
 
 
@@ -45,15 +65,17 @@ def test_every_runnable_example_has_a_test() -> None:
 
 
 @pytest.mark.parametrize("module", sorted(EXAMPLES))
-def test_example_runs(module: str) -> None:
+def test_example_runs(module: str, tmp_path: Path) -> None:
+    arguments, expected = EXAMPLES[module]
+    args = [a.format(port=free_port(), tmp=tmp_path) for a in arguments]
     result = subprocess.run(
-        [sys.executable, "-m", module, "--port", str(free_port())],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for line in EXAMPLES[module]:
+    for line in expected:
         assert line in result.stdout, f"{line!r} missing from:\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr

@@ -3,48 +3,82 @@
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+_LINES: dict[int, queue.Queue[str | None]] = {}
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)  # EOF
+
 
 @contextmanager
 def python_process(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """A ``python ARGS...`` child run from the repo root; killed (by pid) on exit."""
+    """A ``python ARGS...`` child run from the repo root; killed (by pid) on exit.
+
+    A thread reads its stdout line by line, so :func:`read_line` can wait for a line
+    with a deadline (select() on the pipe would miss lines already buffered).
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: queue.Queue[str | None] = queue.Queue()
+    _LINES[proc.pid] = lines
+    reader = threading.Thread(target=_pump, args=(proc, lines), daemon=True)
+    reader.start()
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=10)
+        proc.wait(10)
+        reader.join(10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        _LINES.pop(proc.pid, None)
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    """Read one stdout line from ``proc`` with a deadline."""
-    import selectors
-
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"no output from helper within {timeout}s; stderr:\n{err}")
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=10)
-        raise AssertionError(f"helper exited early; stderr:\n{err}")
+    """The next stdout line of ``proc``, waiting at most ``timeout`` seconds."""
+    try:
+        line = _LINES[proc.pid].get(timeout=timeout)
+    except queue.Empty:
+        proc.kill()
+        raise AssertionError(f"no output from helper within {timeout}s") from None
+    if line is None:
+        proc.wait(10)
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"helper exited early (code {proc.returncode}); stderr:\n{err}")
     return line.strip()
+
+
+def finish(proc: subprocess.Popen[str], stdin: str = "", timeout: float = 60.0) -> tuple[int, str]:
+    """Send ``stdin``, wait for exit; return (exit code, the rest of stdout)."""
+    assert proc.stdin is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    code = proc.wait(timeout)
+    rest: list[str] = []
+    lines = _LINES[proc.pid]
+    while (line := lines.get(timeout=timeout)) is not None:
+        rest.append(line)
+    return code, "\n".join(rest)

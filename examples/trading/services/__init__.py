@@ -1,0 +1,1 @@
+"""The services package: rpcgen services (created once by rpcgen; yours to edit)."""

@@ -1,0 +1,85 @@
+"""The trading example: committed code matches its spec, its own tests pass, and
+`rpcgen ps` shows its three services while the demo runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import ROOT, finish, python_process, read_line
+from tests.support.typecheck import rpcgen_shim, run_mypy
+
+EXAMPLE = ROOT / "examples" / "trading"
+
+
+def test_committed_code_matches_the_spec() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rpcgen.generator.cli", "generate", "--check", "-C", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_the_examples_own_generated_tests_pass() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_example_is_mypy_strict_clean(tmp_path: Path) -> None:
+    shim = rpcgen_shim(tmp_path)
+    result = run_mypy(
+        [
+            "--strict",
+            "--explicit-package-bases",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "services",
+            "tests",
+        ],
+        EXAMPLE,
+        Path(f"{shim}:{EXAMPLE}"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rpcgen_ps_shows_the_three_services_while_the_demo_runs(tmp_path: Path) -> None:
+    with python_process(
+        "-m", "examples.trading.demo", "--free-ports", "--pause", "--data-dir", str(tmp_path)
+    ) as demo:
+        started: dict[str, int] = {}
+        while len(started) < 3:
+            line = read_line(demo)
+            if line.startswith("started "):
+                _, attr, _, pid, _, _ = line.split()
+                started[attr] = int(pid)
+        assert read_line(demo).startswith("ready")
+        ps = subprocess.run(
+            [sys.executable, "-m", "rpcgen.generator.cli", "ps", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        rows = {row["pid"]: row for row in json.loads(ps.stdout)}
+        names = {"live_price_fetcher": "LivePriceFetcher", "position_manager": "PositionManager"}
+        names["limit_order_manager"] = "LimitOrderManager"
+        for attr, pid in started.items():
+            assert rows[pid]["service"] == names[attr]
+            assert rows[pid]["owner_pid"] == demo.pid
+        code, out = finish(demo, "\n", timeout=120)
+        assert code == 0, out
+        assert "shut down cleanly" in out
