@@ -152,7 +152,7 @@ def test_new_project_end_to_end_generated_tests_pass(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "6 passed" in result.stdout  # mode and echo in direct and RPC mode, health in both
     files = ["services", "tests"]
     assert (
         subprocess.run(

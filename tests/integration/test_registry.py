@@ -99,8 +99,8 @@ def test_sigkilled_server_is_restarted_by_the_monitor_and_every_service_answers(
         wait_until(
             lambda: started.b.server_pid not in (None, victim), timeout=15, what="monitor restart"
         )
-        for attr, client in started:
-            assert client.echo(attr) == attr
+        for attr in ("a", "b", "c"):
+            assert getattr(started, attr).echo(attr) == attr
     finally:
         started.shutdown()
 
@@ -150,7 +150,7 @@ def test_parallel_start_overlaps_independent_services() -> None:
         original(self)
         windows[self.NAME] = (start, time.monotonic())
 
-    reg.Named._initialize_service = timed  # type: ignore[method-assign]
+    reg.Named._initialize_service = timed  # type: ignore[method-assign,assignment]
     try:
         with reg.start_all(ports=ports(), cleanup_on_signals=False, start_method="spawn"):
             pass

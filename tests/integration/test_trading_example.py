@@ -64,8 +64,8 @@ def test_rpcgen_ps_shows_the_three_services_while_the_demo_runs(tmp_path: Path) 
         while len(started) < 3:
             line = read_line(demo)
             if line.startswith("started "):
-                _, attr, _, pid, _, _ = line.split()
-                started[attr] = int(pid)
+                words = line.split()
+                started[words[1]] = int(words[3])
         assert read_line(demo).startswith("ready")
         ps = subprocess.run(
             [sys.executable, "-m", "rpcgen.generator.cli", "ps", "--json"],
