@@ -62,7 +62,12 @@ def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 class NoDelayListener(connection.Listener):
-    """A ``multiprocessing.connection.Listener`` whose socket sets TCP_NODELAY."""
+    """A ``multiprocessing.connection.Listener`` with TCP_NODELAY and a full-size backlog.
+
+    Python 3.10 and 3.11's manager Server asks for a backlog of 16: a burst of new
+    connections (many client threads or processes at once) overflows it, and each
+    connect past the 16th stalls ~1 s for the SYN retransmit.
+    """
 
     def __init__(
         self,
@@ -71,7 +76,7 @@ class NoDelayListener(connection.Listener):
         backlog: int = 1,
         authkey: bytes | None = None,
     ) -> None:
-        super().__init__(address, family, backlog, authkey)
+        super().__init__(address, family, max(backlog, socket.SOMAXCONN), authkey)
         inner = self._listener  # type: ignore[attr-defined]
         _set_nodelay(inner._socket)
 
@@ -245,7 +250,9 @@ class RPCProxy:
 
     # -- connection management -------------------------------------------------
 
-    def _rpc_connection(self, *, wait_ready: bool = True) -> connection.Connection:
+    def _rpc_connection(
+        self, *, wait_ready: bool = True, timeout_s: float | None = None
+    ) -> connection.Connection:
         holder: _Holder | None = getattr(self._rpc_tls, "holder", None)
         if (
             holder is not None
@@ -253,9 +260,12 @@ class RPCProxy:
             and not holder.conn.closed
         ):
             return holder.conn
-        return self._rpc_open(wait_ready=wait_ready)
+        return self._rpc_open(wait_ready=wait_ready, timeout_s=timeout_s)
 
-    def _rpc_open(self, *, wait_ready: bool = True) -> connection.Connection:
+    def _rpc_open(
+        self, *, wait_ready: bool = True, timeout_s: float | None = None
+    ) -> connection.Connection:
+        """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
         if wait_ready and self._rpc_wait_ready is not None:
@@ -266,7 +276,7 @@ class RPCProxy:
             self._rpc_address,
             self._rpc_authkey,
             service=self._rpc_service,
-            timeout_s=self._rpc_connect_timeout_s,
+            timeout_s=min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s),
         )
         with self._rpc_lock:
             if self._rpc_closed:
@@ -334,7 +344,7 @@ class RPCProxy:
         kwargs = kwargs or {}
         big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
         payload = dumps((OBJECT_ID, method, args, kwargs), big)  # errors here: no I/O yet
-        conn = self._rpc_connection()
+        conn = self._rpc_connection(timeout_s=timeout_s)
         try:
             send_message(conn.fileno(), payload)
             del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
