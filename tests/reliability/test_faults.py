@@ -277,7 +277,7 @@ def test_flapping_backs_off_then_stops_without_a_busy_loop(reliability_log: Log)
         starts.append("start")
         return original(*args)
 
-    svc._start_server_process = counting  # type: ignore[method-assign]
+    svc._start_server_process = counting  # type: ignore[method-assign,assignment]
     try:
         svc._target = "exit7"
         os.kill(svc.server_pid or 0, signal.SIGKILL)
