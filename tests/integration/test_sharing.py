@@ -129,3 +129,21 @@ def test_direct_mode_pickle_flag_catches_what_rpc_would_reject(port: int) -> Non
     # Without the flag the same call "works" in-process and hides the bug.
     with Echo(port, running_unit_tests=True) as plain:
         assert list(plain._server_proxy.numbers_rpc(3)) == [0, 1, 2]
+
+
+def _call_pickled_proxy(proxy: Any, queue: Any) -> None:
+    queue.put(proxy.echo_rpc("via a pickled proxy"))
+
+
+def test_a_pickled_proxy_carries_its_authkey_into_a_spawned_child(port: int) -> None:
+    ctx: Any = multiprocessing.get_context("spawn")
+    with Echo(port) as svc:
+        queue = ctx.Queue()
+        child = ctx.Process(target=_call_pickled_proxy, args=(svc._server_proxy, queue))
+        child.start()
+        assert queue.get(timeout=30) == "via a pickled proxy"
+        child.join(30)
+        assert child.exitcode == 0
+        child.close()
+        queue.close()
+        queue.join_thread()
