@@ -45,6 +45,7 @@ def transports() -> Iterator[dict[str, Echo]]:
     stock = StockManager(address=("127.0.0.1", 0), authkey=key)
     stock.start()
     client = BenchClient(free_port())
+    unix_client = BenchClient(free_port(), transport="unix")
     direct = BenchClient(free_port(), running_unit_tests=True)
     try:
         with _process(serve_connection, conn_addr, key), _process(serve_tcp, tcp_addr):
@@ -54,6 +55,7 @@ def transports() -> Iterator[dict[str, Echo]]:
             try:
                 yield {
                     "rpcgen client method": client.echo,
+                    "rpcgen over a Unix socket": unix_client.echo,
                     "raw BaseManager proxy": stock_proxy.echo_rpc,
                     "raw multiprocessing.connection": raw_conn.echo,
                     "raw TCP socket (floor)": raw_tcp.echo,
@@ -65,6 +67,7 @@ def transports() -> Iterator[dict[str, Echo]]:
                 del stock_proxy
     finally:
         client.shutdown()
+        unix_client.shutdown()
         direct.shutdown()
         stock.shutdown()
 
@@ -111,6 +114,11 @@ def steady_and_payloads(quick: bool) -> list[Row]:
                     "calls": len(samples[name]),
                 }
                 row = Row(f"calls/{case}", f"{case}: {name} (median)", med, "ms", extra=extra)
+                if name == "rpcgen over a Unix socket":
+                    tcp = median_ms(samples["rpcgen client method"])
+                    row.baseline, row.ratio = "rpcgen client method (TCP)", med / tcp
+                    rows.append(row)
+                    continue
                 if name == "rpcgen client method":
                     row.baseline, row.ratio = "raw BaseManager proxy", med / base
                     row.target = "<= 1.05x BaseManager" if case == "steady" else None

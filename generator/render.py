@@ -291,6 +291,7 @@ def _render_service(
         Import("multiprocessing.process", "BaseProcess"),
         Import("typing", "TYPE_CHECKING"),
         Import("typing", "Any"),
+        Import("rpcgen.runtime", "Address"),
         Import("rpcgen.runtime", "ReadySignal"),
         Import("rpcgen.runtime", "RPCServiceBase"),
         Import("rpcgen.runtime", "serve_rpc"),

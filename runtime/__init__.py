@@ -21,18 +21,21 @@ from .health import HealthPolicy, RestartPolicy
 from .notify import LoggingNotifier, NotificationDispatcher, Notifier, SlackWebhookNotifier
 from .process import (
     ServerProcess,
+    cleanup_stale,
     cleanup_stale_server,
     find_listeners,
     list_servers,
     port_is_free,
+    unix_socket_in_use,
     wait_port_free,
 )
 from .registry import ServiceGraph, ServiceNode, ServiceStartError, StartedServices
 from .serve import ReadySignal, ServerTitle, parse_process_title, process_title, serve_rpc
 from .service import RPCServiceBase, ServiceState
-from .transport import RPCProxy
+from .transport import Address, RPCProxy
 
 __all__ = [
+    "Address",
     "CallTimeout",
     "HealthPolicy",
     "LoggingNotifier",
@@ -60,6 +63,7 @@ __all__ = [
     "StartedServices",
     "StartupError",
     "StartupTimeout",
+    "cleanup_stale",
     "cleanup_stale_server",
     "find_listeners",
     "list_servers",
@@ -67,5 +71,6 @@ __all__ = [
     "port_is_free",
     "process_title",
     "serve_rpc",
+    "unix_socket_in_use",
     "wait_port_free",
 ]

@@ -128,13 +128,20 @@ class PortInUseError(OSError, ServiceError):
     """Another (non-rpcgen, or other-service) process listens on the port."""
 
     def __init__(
-        self, *, service: str, host: str, port: int, pid: int | None, process_name: str | None
+        self,
+        *,
+        service: str,
+        host: str,
+        port: int | str,
+        pid: int | None,
+        process_name: str | None,
     ) -> None:
         self.service, self.host, self.port = service, host, port
         self.pid, self.process_name = pid, process_name
         owner = f"pid {pid} ({process_name})" if pid is not None else "an unknown process"
+        where = f"socket {port}" if host == "unix" else f"port {port} on {host}"
         super().__init__(
-            f"port {port} on {host} for service {service!r} is held by {owner}, which is not "
+            f"{where} for service {service!r} is held by {owner}, which is not "
             "a server of this service, so it was not touched; stop it or choose another port"
         )
 

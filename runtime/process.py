@@ -20,15 +20,20 @@ from multiprocessing.process import BaseProcess
 
 from .errors import PortInUseError, StartupError, StartupTimeout
 from .serve import ReadySignal, parse_process_title
+from .transport import Address, describe
 
 __all__ = [
     "Listener",
     "ServerProcess",
+    "address_in_use",
+    "cleanup_stale",
     "cleanup_stale_server",
     "find_listeners",
     "list_servers",
     "port_is_free",
     "stop_process",
+    "unix_socket_in_use",
+    "wait_address_free",
     "wait_port_free",
     "wait_until_ready",
 ]
@@ -125,6 +130,64 @@ def _gone(pid: int, create_time: float | None) -> bool:
         return True
 
 
+def unix_socket_in_use(path: str) -> bool:
+    """True if something accepts connections on the Unix socket ``path``."""
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False  # a stale file: nobody listens
+        except OSError:
+            return True
+    return True
+
+
+def address_in_use(address: Address) -> bool:
+    if isinstance(address, str):
+        return unix_socket_in_use(address)
+    return not port_is_free(*address)
+
+
+def wait_address_free(
+    address: Address,
+    *,
+    timeout_s: float,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> bool:
+    """Poll until nothing listens on ``address``; False if the deadline passes first."""
+    deadline = clock() + timeout_s
+    delay = _POLL_S
+    while address_in_use(address):
+        if clock() >= deadline:
+            return False
+        sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+def find_unix_listeners(path: str) -> list[Listener]:
+    """Processes (other than this one) with a Unix socket bound to ``path``."""
+    import psutil
+
+    me = os.getpid()
+    found: dict[int, Listener] = {}
+    for conn in psutil.net_connections(kind="unix"):
+        laddr: object = conn.laddr  # a path string for Unix sockets (the stubs say addr)
+        if laddr != path or conn.pid in (None, me) or conn.pid in found:
+            continue
+        try:
+            proc = psutil.Process(conn.pid)
+            found[conn.pid] = Listener(
+                conn.pid, proc.name(), tuple(proc.cmdline()), proc.create_time()
+            )
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
 def cleanup_stale_server(
     service: str,
     host: str,
@@ -135,20 +198,41 @@ def cleanup_stale_server(
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
 ) -> list[int]:
-    """Make ``host:port`` free for ``service``; return the pids that were stopped.
+    """Make ``host:port`` free for ``service``; see :func:`cleanup_stale`."""
+    return cleanup_stale(
+        service, (host, port), timeout_s=timeout_s, logger=logger, clock=clock, sleep=sleep
+    )
+
+
+def cleanup_stale(
+    service: str,
+    address: Address,
+    *,
+    timeout_s: float = 5.0,
+    logger: logging.Logger | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> list[int]:
+    """Make ``address`` (TCP or Unix socket) free for ``service``; return the stopped pids.
 
     A listener whose process title marks it as a server of this same service is
     stale: it gets SIGTERM, then SIGKILL after ``timeout_s`` (only if it is still
     the same process, by pid and create time). Any other listener raises
-    :class:`PortInUseError` and nothing is killed.
+    :class:`PortInUseError` and nothing is killed. A Unix socket file that nobody
+    listens on is removed.
     """
     log = logger or logging.getLogger(f"rpcgen.{service}")
-    if port_is_free(host, port):
+    host, port = describe(address)
+    unix_path = address if isinstance(address, str) else None
+    if not address_in_use(address):
+        if unix_path is not None and os.path.exists(unix_path):
+            os.unlink(unix_path)  # left by a server that was killed
         return []
     import psutil
 
+    listeners = find_unix_listeners(unix_path) if unix_path else find_listeners(int(port))
     stopped: list[int] = []
-    for listener in find_listeners(port):
+    for listener in listeners:
         title = parse_process_title(list(listener.cmdline))
         if listener.pid is None or title is None or title.service != service:
             raise PortInUseError(
@@ -160,8 +244,9 @@ def cleanup_stale_server(
             )
         pid = listener.pid
         log.warning(
-            "stopping stale %s server on port %d (pid %d, owner pid %d)",
+            "stopping stale %s server on %s:%s (pid %d, owner pid %d)",
             service,
+            host,
             port,
             pid,
             title.owner_pid,
@@ -189,12 +274,14 @@ def cleanup_stale_server(
                 if listener.create_time is None or proc.create_time() == listener.create_time:
                     proc.kill()
         stopped.append(pid)
-    if not wait_port_free(host, port, timeout_s=timeout_s, clock=clock, sleep=sleep):
-        listeners = find_listeners(port)
-        first = listeners[0] if listeners else Listener(None, None, (), None)
+    if not wait_address_free(address, timeout_s=timeout_s, clock=clock, sleep=sleep):
+        still = find_unix_listeners(unix_path) if unix_path else find_listeners(int(port))
+        first = still[0] if still else Listener(None, None, (), None)
         raise PortInUseError(
             service=service, host=host, port=port, pid=first.pid, process_name=first.name
         )
+    if unix_path is not None and os.path.exists(unix_path):
+        os.unlink(unix_path)
     return stopped
 
 

@@ -155,6 +155,8 @@ class _RPCServer(managers.Server):
         super().__init__(registry, address, authkey, SERIALIZER)
         exposed = set(managers.public_methods(obj))  # type: ignore[attr-defined]
         self.id_to_obj[OBJECT_ID] = (obj, exposed, None)  # type: ignore[assignment]
+        if isinstance(address, str):
+            os.chmod(address, 0o600)  # a Unix socket: only this user may connect
         self.stop_event = threading.Event()
 
     def rpcgen_accept(self, conn: Connection, name: str) -> None:
@@ -230,6 +232,12 @@ class _RPCServer(managers.Server):
         sys.exit(0)
 
 
+def _socket_port(path: Address) -> int:
+    """The service's port, from a Unix socket named ``<service>-<port>.sock``."""
+    match = re.search(r"-(\d+)\.sock$", str(path))
+    return int(match.group(1)) if match else 0
+
+
 def _raise_system_exit(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -303,7 +311,7 @@ def serve_rpc(
         if fail is not None:
             fail("".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
-    port = rpc_server.address[1] if isinstance(rpc_server.address, tuple) else 0
+    port = rpc_server.address[1] if isinstance(rpc_server.address, tuple) else _socket_port(address)
     setproctitle.setproctitle(process_title(service_name, port, owner_pid or 0))
     if threading.current_thread() is threading.main_thread():
         # Our owner manages our lifetime: a terminal's Ctrl-C reaches the whole

@@ -48,9 +48,9 @@ from .health import (
     backoff_delay,
 )
 from .notify import NotificationDispatcher, Notifier
-from .process import cleanup_stale_server, stop_process, wait_port_free, wait_until_ready
+from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
 from .serve import ReadySignal, serve_rpc
-from .transport import Address, RPCProxy, request_shutdown
+from .transport import Address, RPCProxy, request_shutdown, unix_socket_path
 
 __all__ = ["RPCServiceBase", "ServiceState"]
 
@@ -166,6 +166,8 @@ class RPCServiceBase(Generic[ServerT]):
         direct_mode_pickle: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        transport: str = "tcp",
+        socket_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not service_name or not service_name.replace("_", "a").replace(".", "a").isalnum():
             raise ValueError(f"service_name must be an identifier, got {service_name!r}")
@@ -174,6 +176,10 @@ class RPCServiceBase(Generic[ServerT]):
         self.service_name = service_name
         self.port = port
         self.host = host
+        if transport not in ("tcp", "unix"):
+            raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
+        self.transport = transport
+        self.socket_dir = os.fspath(socket_dir) if socket_dir is not None else None
         self.running_unit_tests = running_unit_tests
         self.enable_health_check = enable_health_check
         self.health_check_interval_s = health_check_interval_s
@@ -274,6 +280,9 @@ class RPCServiceBase(Generic[ServerT]):
 
     @property
     def address(self) -> Address:
+        """(host, port) over TCP; with ``transport="unix"``, the socket's path."""
+        if self.transport == "unix":
+            return unix_socket_path(self.service_name, self.port, self.socket_dir)
         return (self.host, self.port)
 
     @property
@@ -404,9 +413,10 @@ class RPCServiceBase(Generic[ServerT]):
     def __repr__(self) -> str:
         mode = "direct" if self.running_unit_tests else "rpc"
         pid = f" pid={self.server_pid}" if self.server_pid else ""
+        where = f"unix:{self.address}" if self.transport == "unix" else f"{self.host}:{self.port}"
         return (
             f"<{type(self).__name__} service={self.service_name!r} mode={mode} "
-            f"state={self._rpc_state.value} address={self.host}:{self.port}{pid}>"
+            f"state={self._rpc_state.value} address={where}{pid}>"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -465,10 +475,9 @@ class RPCServiceBase(Generic[ServerT]):
 
     def _rpc_start_server(self) -> None:
         address = self.address
-        cleanup_stale_server(
+        cleanup_stale(
             self.service_name,
-            self.host,
-            self.port,
+            address,
             timeout_s=self.shutdown_timeout_s,
             logger=self._rpc_log,
             clock=self._clock,
@@ -551,16 +560,12 @@ class RPCServiceBase(Generic[ServerT]):
         )
         self._rpc_log.debug("%s server pid %s exited with %s", self.service_name, process.pid, code)
         process.close()
-        if not wait_port_free(
-            self.host,
-            self.port,
-            timeout_s=self.shutdown_timeout_s,
-            clock=self._clock,
-            sleep=self._sleep,
+        if not wait_address_free(
+            address, timeout_s=self.shutdown_timeout_s, clock=self._clock, sleep=self._sleep
         ):
-            self._rpc_log.warning(
-                "port %d still busy after %s stopped", self.port, self.service_name
-            )
+            self._rpc_log.warning("%s still busy after %s stopped", address, self.service_name)
+        elif isinstance(address, str) and os.path.exists(address):
+            os.unlink(address)  # the server was killed before it could remove its socket
 
     def _rpc_restart_server(self, reason: str) -> bool:
         if not self._rpc_is_owner():

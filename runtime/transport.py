@@ -21,6 +21,7 @@ import os
 import pickle
 import socket
 import struct
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable
@@ -36,14 +37,86 @@ from .errors import (
 )
 from .wire import dumps, looks_big, recv_message, send_message
 
-__all__ = ["OBJECT_ID", "SERIALIZER", "Address", "RPCProxy", "open_connection", "request_shutdown"]
+__all__ = [
+    "OBJECT_ID",
+    "SERIALIZER",
+    "Address",
+    "RPCProxy",
+    "connect",
+    "default_socket_dir",
+    "describe",
+    "open_connection",
+    "request_shutdown",
+    "unix_socket_path",
+]
 
 #: Id under which the served object is registered in the manager Server.
 OBJECT_ID = "rpcgen"
 #: Key in ``multiprocessing.managers.listener_client`` for our socket factories.
 SERIALIZER = "rpcgen"
 
-Address = tuple[str, int]
+#: (host, port) for TCP, or the path of a Unix domain socket.
+Address = tuple[str, int] | str
+
+
+_UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, with the terminating NUL
+
+
+def default_socket_dir() -> str:
+    """A folder only this user can enter: $XDG_RUNTIME_DIR/rpcgen, or /tmp/rpcgen-<uid>."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        folder = os.path.join(runtime_dir, "rpcgen")
+    else:
+        folder = os.path.join(tempfile.gettempdir(), f"rpcgen-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.stat(folder)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{folder} must belong to this user with mode 0700 (it holds RPC sockets); "
+            "fix it, or pass socket_dir"
+        )
+    return folder
+
+
+def unix_socket_path(service: str, port: int, folder: str | None = None) -> str:
+    """Where ``service`` listens with transport="unix": ``<folder>/<service>-<port>.sock``.
+
+    The port stays the service's identity (process title, ``rpcgen ps``).
+    """
+    if folder is None:
+        folder = default_socket_dir()
+    else:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, f"{service}-{port}.sock")
+    if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+        raise ValueError(
+            f"Unix socket path {path!r} is longer than {_UNIX_PATH_MAX} bytes; "
+            "pass a shorter socket_dir"
+        )
+    return path
+
+
+def describe(address: Address) -> tuple[str, int | str]:
+    """(host, port) for messages: ("unix", path) for a Unix socket."""
+    if isinstance(address, str):
+        return "unix", address
+    return address
+
+
+def connect(address: Address, timeout_s: float | None) -> socket.socket:
+    """A connected stream socket to a TCP address or a Unix socket path."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection(address, timeout=timeout_s)
+
 
 _loads = pickle.loads
 
@@ -85,7 +158,7 @@ def _nodelay_client(
     address: Any, family: str | None = None, authkey: bytes | None = None
 ) -> connection.Connection:
     """Drop-in for ``multiprocessing.connection.Client`` that sets TCP_NODELAY."""
-    sock = socket.create_connection(address)
+    sock = connect(address, None)
     _set_nodelay(sock)
     conn = connection.Connection(sock.detach())
     if authkey is not None:
@@ -110,9 +183,9 @@ def _handshake(
     Every step is bounded by ``timeout_s``. Raises :class:`ServiceUnavailable`
     or :class:`ServiceAuthenticationError`; never a raw socket or manager error.
     """
-    host, port = address
+    host, port = describe(address)
     try:
-        sock = socket.create_connection(address, timeout=timeout_s)
+        sock = connect(address, timeout_s)
     except OSError as exc:
         raise ServiceUnavailable(service=service, host=host, port=port, reason=str(exc)) from exc
     try:
@@ -233,7 +306,7 @@ class RPCProxy:
         self._rpc_pid = os.getpid()
 
     def __repr__(self) -> str:
-        host, port = self._rpc_address
+        host, port = describe(self._rpc_address)
         return f"<RPCProxy service={self._rpc_service!r} address={host}:{port}>"
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -349,7 +422,7 @@ class RPCProxy:
             send_message(conn.fileno(), payload)
             del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
             if timeout_s is not None and not conn.poll(timeout_s):
-                host, port = self._rpc_address
+                host, port = describe(self._rpc_address)
                 self._rpc_discard(conn)
                 raise CallTimeout(
                     service=self._rpc_service,
@@ -363,7 +436,7 @@ class RPCProxy:
             self._rpc_discard(conn)
             if self._rpc_closed:
                 raise ServiceStopped(service=self._rpc_service) from exc
-            host, port = self._rpc_address
+            host, port = describe(self._rpc_address)
             reason = "connection closed by the server" if isinstance(exc, EOFError) else repr(exc)
             raise ServiceUnavailable(
                 service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"

@@ -72,7 +72,11 @@ def run(args: argparse.Namespace) -> None:
     os.environ["TRADING_DATA_DIR"] = args.data_dir
     from services import registry
 
-    ports = {name: free_port() for name in registry.SERVICE_NAMES} if args.free_ports else None
+    ports = (
+        {name: free_port() for name in registry.SERVICE_NAMES}
+        if args.free_ports
+        else None
+    )
     services = registry.start_all(
         ports=ports,
         health_monitor=True,
@@ -99,39 +103,64 @@ def run(args: argparse.Namespace) -> None:
         say(f"filled {len(filled)} orders; order {waiting} still open")
         before = positions.snapshot()
         say(f"positions: {before}")
-        assert before["alice"]["BTCUSD"]["qty"] == 2 and before["bob"]["ETHUSD"]["qty"] == -3
+        assert (
+            before["alice"]["BTCUSD"]["qty"] == 2
+            and before["bob"]["ETHUSD"]["qty"] == -3
+        )
 
         old = fetcher.server_pid
         assert old is not None
         os.kill(old, signal.SIGKILL)
         say(f"killed LivePriceFetcher server (pid {old}) with SIGKILL")
-        wait_for(lambda: fetcher.server_pid not in (None, old), 20, "the monitor to restart it")
+        wait_for(
+            lambda: fetcher.server_pid not in (None, old),
+            20,
+            "the monitor to restart it",
+        )
         wait_for(fetcher.health_check, 20, "the restarted server to be healthy")
         fetcher.flush_notifications()
-        say(f"LivePriceFetcher restarted by its health monitor as pid {fetcher.server_pid}")
+        say(
+            f"LivePriceFetcher restarted by its health monitor as pid {fetcher.server_pid}"
+        )
         assert fetcher.get_prices(["BTCUSD", "ETHUSD"], tick=1) == prices
 
         assert positions.restart()
         after = positions.snapshot()
-        assert after == before, f"positions changed across a restart: {before} -> {after}"
-        say(f"PositionManager restarted from disk (pid {positions.server_pid}): no position lost")
+        assert (
+            after == before
+        ), f"positions changed across a restart: {before} -> {after}"
+        say(
+            f"PositionManager restarted from disk (pid {positions.server_pid}): no position lost"
+        )
         later = lom.fill_orders(tick=2)
         say(f"tick 2: filled {len(later)} more orders")
     finally:
         services.shutdown()
-    leftover = [pid for pid in (*pids.values(), services.live_price_fetcher.server_pid) if pid]
-    wait_for(lambda: not any(alive(pid) for pid in leftover), 10, "server processes to exit")
+    leftover = [
+        pid for pid in (*pids.values(), services.live_price_fetcher.server_pid) if pid
+    ]
+    wait_for(
+        lambda: not any(alive(pid) for pid in leftover), 10, "server processes to exit"
+    )
     say("shut down cleanly: no server process left")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m examples.trading.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.trading.demo", description=__doc__
+    )
     parser.add_argument(
         "--data-dir", help="where positions are stored (default: a new temp folder)"
     )
-    parser.add_argument("--free-ports", action="store_true", help="use free ports, not the spec's")
-    parser.add_argument("--pause", action="store_true", help="wait for Enter once started")
-    parser.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None)
+    parser.add_argument(
+        "--free-ports", action="store_true", help="use free ports, not the spec's"
+    )
+    parser.add_argument(
+        "--pause", action="store_true", help="wait for Enter once started"
+    )
+    parser.add_argument(
+        "--start-method", choices=["fork", "spawn", "forkserver"], default=None
+    )
     args = parser.parse_args(argv)
     if args.data_dir is None:
         args.data_dir = tempfile.mkdtemp(prefix="trading-data-")

@@ -91,9 +91,9 @@ def test_wrong_authkey_is_rejected_and_the_server_keeps_serving(port: int) -> No
 
 def test_garbage_bytes_and_silent_peers_do_not_stop_the_server(port: int) -> None:
     with Echo(port) as svc:
-        silent = socket.create_connection(svc.address)  # connects, never speaks
+        silent = socket.create_connection((svc.host, svc.port))  # connects, never speaks
         for junk in (b"\xff" * 64, b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x04abcd"):
-            with socket.create_connection(svc.address) as raw:
+            with socket.create_connection((svc.host, svc.port)) as raw:
                 raw.sendall(junk)
         try:
             assert svc.echo("fine") == "fine"

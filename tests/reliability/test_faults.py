@@ -193,7 +193,7 @@ def test_wrong_authkeys_and_garbage_never_stop_the_server(reliability_log: Log) 
     failures = 0
     with Echo(free_port()) as svc:
         for i in range(100):
-            with socket.create_connection(svc.address) as raw:
+            with socket.create_connection((svc.host, svc.port)) as raw:
                 raw.sendall(os.urandom(1 + i % 64))
         for _ in range(50):
             try:

@@ -20,13 +20,17 @@ class LimitOrderManager(LimitOrderManagerBase):
         orders = self.open_orders()
         if not orders:
             return []
-        prices = self.live_price_fetcher.get_prices(sorted({o["symbol"] for o in orders}), tick)
+        prices = self.live_price_fetcher.get_prices(
+            sorted({o["symbol"] for o in orders}), tick
+        )
         filled = []
         for order in orders:
             price = prices[order["symbol"]]
             buy_ok = order["qty"] > 0 and price <= order["limit_price"]
             sell_ok = order["qty"] < 0 and price >= order["limit_price"]
             if buy_ok or sell_ok:
-                self.position_manager.apply_fill(order["key"], order["symbol"], order["qty"], price)
+                self.position_manager.apply_fill(
+                    order["key"], order["symbol"], order["qty"], price
+                )
                 filled.append(self.mark_filled(order["id"], price))
         return filled

@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from rpcgen.runtime import ReadySignal, RPCServiceBase, serve_rpc
+from rpcgen.runtime import Address, ReadySignal, RPCServiceBase, serve_rpc
 
 if TYPE_CHECKING:
     from services.limit_order_manager_server import LimitOrderManagerServer, Order
@@ -20,7 +20,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def serve_limit_order_manager(
-    address: tuple[str, int], authkey: bytes, server_ready: ReadySignal
+    address: Address, authkey: bytes, server_ready: ReadySignal
 ) -> None:
     """Server-process entrypoint; module level, so fork, spawn and forkserver can start it."""
     from services.limit_order_manager_server import LimitOrderManagerServer
@@ -72,7 +72,7 @@ class LimitOrderManagerBase(RPCServiceBase["LimitOrderManagerServer"]):
         return LimitOrderManagerServer()
 
     def _start_server_process(
-        self, address: tuple[str, int], authkey: bytes, server_ready: ReadySignal
+        self, address: Address, authkey: bytes, server_ready: ReadySignal
     ) -> BaseProcess:
         return self._launch_server_process(
             serve_limit_order_manager, address, authkey, server_ready

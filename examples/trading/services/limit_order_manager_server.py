@@ -25,7 +25,11 @@ class LimitOrderManagerServer:
         """Health endpoint used by health_check(): "status" must be "ok"."""
         with self._lock:
             pending = sum(1 for o in self._orders.values() if o["status"] == "open")
-        return {"status": "ok", "timestamp_ms": int(time.time() * 1000), "open_orders": pending}
+        return {
+            "status": "ok",
+            "timestamp_ms": int(time.time() * 1000),
+            "open_orders": pending,
+        }
 
     def place_rpc(self, key: str, symbol: str, qty: float, limit_price: float) -> int:
         """Place a limit order (qty > 0 buys at or below the limit, < 0 sells at or above)."""

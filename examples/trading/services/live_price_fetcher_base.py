@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from rpcgen.runtime import ReadySignal, RPCServiceBase, serve_rpc
+from rpcgen.runtime import Address, ReadySignal, RPCServiceBase, serve_rpc
 
 if TYPE_CHECKING:
     from services.live_price_fetcher_server import LivePriceFetcherServer
@@ -18,7 +18,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def serve_live_price_fetcher(
-    address: tuple[str, int], authkey: bytes, server_ready: ReadySignal
+    address: Address, authkey: bytes, server_ready: ReadySignal
 ) -> None:
     """Server-process entrypoint; module level, so fork, spawn and forkserver can start it."""
     from services.live_price_fetcher_server import LivePriceFetcherServer
@@ -63,9 +63,11 @@ class LivePriceFetcherBase(RPCServiceBase["LivePriceFetcherServer"]):
         return LivePriceFetcherServer()
 
     def _start_server_process(
-        self, address: tuple[str, int], authkey: bytes, server_ready: ReadySignal
+        self, address: Address, authkey: bytes, server_ready: ReadySignal
     ) -> BaseProcess:
-        return self._launch_server_process(serve_live_price_fetcher, address, authkey, server_ready)
+        return self._launch_server_process(
+            serve_live_price_fetcher, address, authkey, server_ready
+        )
 
     def get_price(self, symbol: str, tick: int = 0) -> float:
         """Latest price of a symbol at a tick."""

@@ -27,7 +27,11 @@ class LivePriceFetcherServer:
         """Health endpoint used by health_check(): "status" must be "ok"."""
         with self._lock:
             requests = self._requests
-        return {"status": "ok", "timestamp_ms": int(time.time() * 1000), "requests": requests}
+        return {
+            "status": "ok",
+            "timestamp_ms": int(time.time() * 1000),
+            "requests": requests,
+        }
 
     def get_price_rpc(self, symbol: str, tick: int = 0) -> float:
         """Latest price of a symbol at a tick."""

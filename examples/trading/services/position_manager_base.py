@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from rpcgen.runtime import ReadySignal, RPCServiceBase, serve_rpc
+from rpcgen.runtime import Address, ReadySignal, RPCServiceBase, serve_rpc
 
 if TYPE_CHECKING:
     from services.position_manager_server import Position, PositionManagerServer
@@ -18,12 +18,14 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def serve_position_manager(
-    address: tuple[str, int], authkey: bytes, server_ready: ReadySignal
+    address: Address, authkey: bytes, server_ready: ReadySignal
 ) -> None:
     """Server-process entrypoint; module level, so fork, spawn and forkserver can start it."""
     from services.position_manager_server import PositionManagerServer
 
-    serve_rpc(PositionManagerServer, address, authkey, server_ready, service_name=SERVICE_NAME)
+    serve_rpc(
+        PositionManagerServer, address, authkey, server_ready, service_name=SERVICE_NAME
+    )
 
 
 class PositionManagerBase(RPCServiceBase["PositionManagerServer"]):
@@ -57,9 +59,11 @@ class PositionManagerBase(RPCServiceBase["PositionManagerServer"]):
         return PositionManagerServer()
 
     def _start_server_process(
-        self, address: tuple[str, int], authkey: bytes, server_ready: ReadySignal
+        self, address: Address, authkey: bytes, server_ready: ReadySignal
     ) -> BaseProcess:
-        return self._launch_server_process(serve_position_manager, address, authkey, server_ready)
+        return self._launch_server_process(
+            serve_position_manager, address, authkey, server_ready
+        )
 
     def apply_fill(self, key: str, symbol: str, qty: float, price: float) -> Position:
         """Add a fill (qty > 0 buys, < 0 sells) to a key's position; returns the position."""

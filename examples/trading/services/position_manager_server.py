@@ -45,7 +45,9 @@ class PositionManagerServer:
             keys = len(self._positions)
         return {"status": "ok", "timestamp_ms": int(time.time() * 1000), "keys": keys}
 
-    def apply_fill_rpc(self, key: str, symbol: str, qty: float, price: float) -> Position:
+    def apply_fill_rpc(
+        self, key: str, symbol: str, qty: float, price: float
+    ) -> Position:
         """Add a fill (qty > 0 buys, < 0 sells) to a key's position; returns the position."""
         with self._lock:
             book = self._positions.setdefault(key, {})
@@ -54,7 +56,9 @@ class PositionManagerServer:
             if old_qty == 0 or old_qty * new_qty < 0:  # opened, or flipped side
                 avg = price
             elif abs(new_qty) > abs(old_qty):  # added to the position
-                avg = round((old_qty * position["avg_price"] + qty * price) / new_qty, 6)
+                avg = round(
+                    (old_qty * position["avg_price"] + qty * price) / new_qty, 6
+                )
             else:  # reduced it: the average entry price stays
                 avg = position["avg_price"]
             position = {"qty": new_qty, "avg_price": avg if new_qty else 0.0}
@@ -71,5 +75,6 @@ class PositionManagerServer:
         """Every key's positions."""
         with self._lock:
             return {
-                key: {s: dict(p) for s, p in book.items()} for key, book in self._positions.items()
+                key: {s: dict(p) for s, p in book.items()}
+                for key, book in self._positions.items()
             }

@@ -16,7 +16,9 @@ live_price_fetcher = service_fixture(LivePriceFetcher)
 
 
 def test_mode(live_price_fetcher: LivePriceFetcher) -> None:
-    assert (live_price_fetcher.server_pid is None) == live_price_fetcher.running_unit_tests
+    assert (
+        live_price_fetcher.server_pid is None
+    ) == live_price_fetcher.running_unit_tests
 
 
 def test_health_check(live_price_fetcher: LivePriceFetcher) -> None:

@@ -26,5 +26,10 @@ def test_health_check(position_manager: PositionManager) -> None:
 def test_fills_update_positions(position_manager: PositionManager) -> None:
     key = f"key-{position_manager.running_unit_tests}-{id(position_manager)}"
     position_manager.apply_fill(key, "BTCUSD", 2, 100.0)
-    assert position_manager.apply_fill(key, "BTCUSD", 2, 110.0) == {"qty": 4, "avg_price": 105.0}
-    assert position_manager.get_positions(key) == {"BTCUSD": {"qty": 4, "avg_price": 105.0}}
+    assert position_manager.apply_fill(key, "BTCUSD", 2, 110.0) == {
+        "qty": 4,
+        "avg_price": 105.0,
+    }
+    assert position_manager.get_positions(key) == {
+        "BTCUSD": {"qty": 4, "avg_price": 105.0}
+    }
