@@ -71,14 +71,7 @@ def wait_port_free(
     sleep: Sleep = time.sleep,
 ) -> bool:
     """Poll until the port can be bound; False if the deadline passes first."""
-    deadline = clock() + timeout_s
-    delay = _POLL_S
-    while not port_is_free(host, port):
-        if clock() >= deadline:
-            return False
-        sleep(delay)
-        delay = min(delay * 2, 0.1)
-    return True
+    return wait_address_free((host, port), timeout_s=timeout_s, clock=clock, sleep=sleep)
 
 
 @dataclass(frozen=True)
