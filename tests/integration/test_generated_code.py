@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rpcgen.generator.api import generate, new_service
+from tests.support.procs import clean_pytest_env
 from tests.support.project import write
 from tests.support.trading_fixture import MODELS, SERVER, SPEC
 from tests.support.typecheck import rpcgen_shim, run_mypy, run_ruff
@@ -147,6 +148,7 @@ def test_new_project_end_to_end_generated_tests_pass(
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=tmp_path,
+        env=clean_pytest_env(),
         capture_output=True,
         text=True,
         timeout=300,

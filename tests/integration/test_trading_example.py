@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import ROOT, finish, python_process, read_line
+from tests.support.procs import ROOT, clean_pytest_env, finish, python_process, read_line
 from tests.support.typecheck import rpcgen_shim, run_mypy
 
 EXAMPLE = ROOT / "examples" / "trading"
@@ -31,6 +31,7 @@ def test_the_examples_own_generated_tests_pass() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=EXAMPLE,
+        env=clean_pytest_env(),
         capture_output=True,
         text=True,
         timeout=300,

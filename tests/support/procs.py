@@ -82,3 +82,9 @@ def finish(proc: subprocess.Popen[str], stdin: str = "", timeout: float = 60.0) 
     while (line := lines.get(timeout=timeout)) is not None:
         rest.append(line)
     return code, "\n".join(rest)
+
+
+def clean_pytest_env() -> dict[str, str]:
+    """This environment without PYTEST_* variables, for a pytest run of its own
+    (under xdist they would make the inner run think it is an xdist worker)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
