@@ -12,7 +12,7 @@ import pytest
 from rpcgen.runtime import RestartPolicy, ServiceState
 from tests.support.notifiers import HangingNotifier, RaisingNotifier, RecordingNotifier
 from tests.support.services import Echo
-from tests.support.waiting import pid_alive, wait_until, wait_until_dead
+from tests.support.waiting import pid_alive, stop_process_now, wait_until, wait_until_dead
 
 FAST_RESTARTS = RestartPolicy(backoff_initial_s=0.01, backoff_max_s=0.05, flap_window_s=60)
 
@@ -86,7 +86,7 @@ def test_transport_failure_is_logged_differently_from_bad_status(
     # than 0.2 s to answer a healthy call.
     with make(port, max_consecutive_failures=5, health_check_timeout_s=0.2) as svc:
         pid = svc.server_pid or 0
-        os.kill(pid, signal.SIGSTOP)  # alive but unresponsive
+        stop_process_now(pid)  # alive but unresponsive
         try:
             assert svc.health_check() is False
         finally:

@@ -10,13 +10,13 @@ import pytest
 from rpcgen.runtime import PortInUseError, cleanup_stale_server
 from tests.support.procs import python_process, read_line
 from tests.support.services import Echo
-from tests.support.waiting import pid_alive
+from tests.support.waiting import pid_alive, stop_process_now
 
 
 def test_stale_server_of_same_service_with_hung_owner_is_replaced(port: int) -> None:
     with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
         stale_pid = int(read_line(owner))
-        os.kill(owner.pid, signal.SIGSTOP)  # owner alive but hung: no watchdog rescue
+        stop_process_now(owner.pid)  # owner alive but hung: no watchdog rescue
         try:
             with Echo(port) as svc:
                 assert svc.server_pid != stale_pid
@@ -29,7 +29,7 @@ def test_stale_server_of_same_service_with_hung_owner_is_replaced(port: int) -> 
 def test_sigstopped_stale_server_is_still_replaced(port: int) -> None:
     with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
         stale_pid = int(read_line(owner))
-        os.kill(stale_pid, signal.SIGSTOP)
+        stop_process_now(stale_pid)
         with Echo(port) as svc:
             assert not pid_alive(stale_pid)
             assert svc.echo(1) == 1

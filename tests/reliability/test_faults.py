@@ -29,7 +29,14 @@ from tests.reliability.conftest import Log
 from tests.support.notifiers import HangingNotifier, RaisingNotifier, RecordingNotifier
 from tests.support.procs import python_process, read_line
 from tests.support.services import Echo
-from tests.support.waiting import free_port, open_fds, pid_alive, wait_until, wait_until_dead
+from tests.support.waiting import (
+    free_port,
+    open_fds,
+    pid_alive,
+    stop_process_now,
+    wait_until,
+    wait_until_dead,
+)
 
 NO_FLAP = RestartPolicy(backoff_initial_s=0.001, backoff_max_s=0.01, flap_max_restarts=1000)
 
@@ -110,7 +117,7 @@ def test_stale_same_service_server_with_hung_owner_is_replaced(reliability_log: 
         port = free_port()
         with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
             stale = int(read_line(owner))
-            os.kill(owner.pid, signal.SIGSTOP)
+            stop_process_now(owner.pid)
             try:
                 with Echo(port) as svc:
                     failures += pid_alive(stale) or svc.echo(1) != 1
@@ -155,7 +162,7 @@ def test_frozen_server_times_out_health_checks_and_is_replaced(reliability_log: 
     try:
         for _ in range(3):
             frozen = svc.server_pid or 0
-            os.kill(frozen, signal.SIGSTOP)  # alive, holds its port, answers nothing
+            stop_process_now(frozen)  # alive, holds its port, answers nothing
             results = [svc.health_check() for _ in range(2)]
             failures += results != [False, False]
             failures += svc.server_pid == frozen or svc.state is not ServiceState.RUNNING

@@ -57,3 +57,20 @@ def children_of(pid: int) -> list[int]:
 
 def wait_until_dead(pid: int, *, timeout: float = 10.0) -> None:
     wait_until(lambda: not pid_alive(pid), timeout=timeout, what=f"pid {pid} to exit")
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state from /proc (R, S, T, Z, ...); "" if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def stop_process_now(pid: int, *, timeout: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and wait until it is really stopped (the signal acts asynchronously)."""
+    import signal
+
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: process_state(pid) in ("T", "t"), timeout=timeout, what=f"pid {pid} to stop")
