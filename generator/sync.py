@@ -317,11 +317,10 @@ def _decide_owned(
         return d(Action.CONFLICT, "unresolved conflict markers from an earlier run"), record
     if disk == new:
         return d(Action.UNCHANGED), record
-    if entry.pristine is None or disk == entry.pristine:
-        if entry.pristine is None and disk != new:
-            # No base to merge with: treat the file as edited and keep both sides visible.
-            merged, _ = _merge("", disk, new)
-            return d(Action.CONFLICT, "no recorded base to merge with", merged), record
+    if entry.pristine is None:  # a hand-edited lock: no base, so show both sides
+        merged, _ = _merge("", disk, new)
+        return d(Action.CONFLICT, "no recorded base to merge with", merged), record
+    if disk == entry.pristine:
         return d(Action.UPDATE, text=new), record
     if new == entry.pristine:
         return d(Action.UNCHANGED, "your edits kept; nothing new to merge"), record

@@ -343,7 +343,9 @@ class RPCProxy:
             raise ServiceStopped(service=self._rpc_service)
         if wait_ready and self._rpc_wait_ready is not None:
             # A restart is under way: wait for it (bounded) instead of failing fast.
-            self._rpc_wait_ready(self._rpc_connect_timeout_s)
+            self._rpc_wait_ready(
+                min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s)
+            )
         generation = self._rpc_generation
         conn = open_connection(
             self._rpc_address,

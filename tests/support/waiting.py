@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from rpcgen.runtime import testing
 
 T = TypeVar("T")
 
@@ -25,21 +26,12 @@ def wait_until(
         time.sleep(interval)
 
 
-def free_port() -> int:
-    """A port the OS says is free right now (bind to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+free_port = testing.free_port  # a port the OS says is free right now
 
 
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+    return process_state(pid) not in ("", "Z")
 
 
 def open_fds() -> set[int]:

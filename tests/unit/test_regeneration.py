@@ -331,3 +331,16 @@ def test_changing_the_black_config_reformats_owned_files(project: Path) -> None:
     write(project, "pyproject.toml", "")
     generate(project)
     assert read(project, BASE) == before
+
+
+def test_owned_file_without_a_recorded_base_is_a_conflict_showing_both_sides(project: Path) -> None:
+    lock_path = project / LOCK_FILE
+    lock = json.loads(lock_path.read_text())
+    del lock["files"][BASE]["pristine"]  # a hand-edited lock
+    lock_path.write_text(json.dumps(lock))
+    (project / BASE).write_text(read(project, BASE) + "# mine\n")
+    set_port(project, 50077)
+    with pytest.raises(ConflictsWritten):
+        generate(project)
+    text = read(project, BASE)
+    assert "# mine" in text and "DEFAULT_PORT = 50077" in text and "<<<<<<<" in text
