@@ -8,12 +8,15 @@
     └── ConflictsWritten                   merge conflicts were written     exit 3
 
 Every message is one line per problem, naming the file (and the service and the
-field where there is one) and saying what to do next.
+field where there is one) and saying what to do next. Every error survives pickling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from rpcgen.runtime.errors import reduce_by_state
 
 __all__ = ["ConflictsWritten", "RpcgenError", "ServerModuleError", "SpecError", "SpecIssue"]
 
@@ -22,6 +25,12 @@ class RpcgenError(Exception):
     """Root of every error raised by rpcgen.generator."""
 
     exit_code = 2
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__reduce__ = reduce_by_state  # type: ignore[assignment,method-assign]
+
+    __reduce__ = reduce_by_state
 
     def lines(self) -> list[str]:
         return [str(self)]

@@ -12,6 +12,8 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+from .remote import pack_exception, unpack_exception
+
 __all__ = ["PicklingProxy"]
 
 
@@ -51,7 +53,14 @@ class PicklingProxy:
             try:
                 result = target(*call_args, **call_kwargs)
             except Exception as exc:
-                raise _roundtrip(exc, "the exception", name) from None
+                # Exactly what the client gets over RPC: the exception as it arrives
+                # there, with the server-side traceback chained as its cause.
+                info = pickle.loads(pickle.dumps(pack_exception(exc)))
+                error = unpack_exception(info, service=type(self._obj).__name__, method=name)
+                try:
+                    raise error from error.__cause__
+                finally:
+                    del error
             return _roundtrip(result, "the result", name)
 
         method.__name__ = name

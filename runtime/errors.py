@@ -7,7 +7,10 @@ callers' existing ``except`` clauses already catch::
     ├── ServiceUnavailable (ConnectionError)      server cannot be reached
     │   └── CallTimeout (TimeoutError)            no reply within the call's timeout
     ├── ServiceAuthenticationError (multiprocessing.AuthenticationError)
-    ├── RemoteCallError (RuntimeError)            server failed outside the method; remote traceback
+    ├── RemoteCallError (RuntimeError)            server failed outside the method, or its
+    │                                             exception cannot be rebuilt here
+    ├── RemoteTraceback                           the server-side traceback, set as the
+    │                                             ``__cause__`` of a server method's exception
     ├── StartupError (RuntimeError)               server process died before it was ready
     ├── StartupTimeout (TimeoutError)             server process never became ready
     ├── PortInUseError (OSError)                  a foreign process listens on the port
@@ -17,18 +20,26 @@ callers' existing ``except`` clauses already catch::
 The raw errors of :mod:`multiprocessing.managers` (``ConnectionRefusedError``,
 ``EOFError``, ``AuthenticationError``, ``RemoteError``) reach users only wrapped in
 these types. An exception raised *by the server method itself* is re-raised as
-its own type, as with a plain BaseManager proxy.
+its own type, as with a plain BaseManager proxy, with the server's traceback
+chained as its cause (as :mod:`concurrent.futures` does).
+
+Every error here survives pickling (servers raise them too, and direct mode with
+``direct_mode_pickle=True`` pickles every exception): the constructors take
+keyword-only arguments, so unpickling restores the instance's state instead of
+calling ``__init__`` again.
 """
 
 from __future__ import annotations
 
 from multiprocessing import AuthenticationError
+from typing import Any
 
 __all__ = [
     "CallTimeout",
     "NotPicklableError",
     "PortInUseError",
     "RemoteCallError",
+    "RemoteTraceback",
     "ServiceAuthenticationError",
     "ServiceError",
     "ServiceStopped",
@@ -42,8 +53,27 @@ def _where(service: str, host: str, port: int | str) -> str:
     return f"service {service!r} at {host}:{port}"
 
 
+def _restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+def reduce_by_state(self: BaseException) -> tuple[Any, ...]:
+    """``__reduce__`` for errors with keyword-only constructors: rebuild without ``__init__``."""
+    return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
 class ServiceError(Exception):
     """Root of every error raised by rpcgen.runtime."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Set on every subclass: a stdlib base earlier in the MRO (OSError) has its own.
+        cls.__reduce__ = reduce_by_state  # type: ignore[assignment,method-assign]
+
+    __reduce__ = reduce_by_state
 
 
 class ServiceUnavailable(ConnectionError, ServiceError):
@@ -85,13 +115,42 @@ class ServiceAuthenticationError(AuthenticationError, ServiceError):
 
 
 class RemoteCallError(RuntimeError, ServiceError):
-    """The server failed to run or answer a call; carries the remote traceback."""
+    """The server failed to run or answer a call, or its exception cannot be rebuilt here.
 
-    def __init__(self, *, service: str, method: str, remote_traceback: str) -> None:
+    ``error_type`` and ``error_message`` name the server's exception when there was one.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        method: str,
+        remote_traceback: str,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
         self.service, self.method, self.remote_traceback = service, method, remote_traceback
-        super().__init__(
-            f"service {service!r} failed in {method}(); remote traceback:\n{remote_traceback}"
-        )
+        self.error_type, self.error_message = error_type, error_message
+        if error_type is None:
+            head = f"service {service!r} failed in {method}()"
+        else:
+            head = (
+                f"service {service!r}: {method}() raised {error_type}: {error_message}, which "
+                "cannot be rebuilt in this process (its class is missing here, or it cannot "
+                "be unpickled)"
+            )
+        super().__init__(f"{head}; remote traceback:\n{remote_traceback}")
+
+
+class RemoteTraceback(ServiceError):
+    """The server-side traceback of a server method's exception, chained as its cause."""
+
+    def __init__(self, *, remote_traceback: str) -> None:
+        self.remote_traceback = remote_traceback
+        super().__init__(remote_traceback)
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.remote_traceback.rstrip()}\n"""'
 
 
 class StartupError(RuntimeError, ServiceError):

@@ -379,6 +379,10 @@ def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
         if title is None or proc.pid == os.getpid():
             continue
         memory = info.get("memory_info")
+        try:
+            owner_alive = bool(title.owner_pid) and psutil.pid_exists(title.owner_pid)
+        except (OverflowError, ValueError, psutil.Error):
+            continue  # a title that only looks like ours
         found.append(
             ServerProcess(
                 service=title.service,
@@ -386,7 +390,7 @@ def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
                 port=title.port,
                 parent_pid=info.get("ppid") or 0,
                 owner_pid=title.owner_pid,
-                owner_alive=bool(title.owner_pid) and psutil.pid_exists(title.owner_pid),
+                owner_alive=owner_alive,
                 uptime_s=max(0.0, now - (info.get("create_time") or now)),
                 rss_bytes=memory.rss if memory is not None else 0,
             )

@@ -11,6 +11,7 @@ While it serves, the process title is a marker that names the service, e.g.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -31,7 +32,8 @@ from typing import Any, Protocol
 # Imported here, in the parent, so forked children do not pay ~9 ms to import it.
 import setproctitle
 
-from .transport import OBJECT_ID, SERIALIZER, Address
+from .remote import pack_exception
+from .transport import OBJECT_ID, SERIALIZER, Address, set_recv_timeout
 from .wire import dumps, looks_big, recv_message, send_message
 
 __all__ = [
@@ -44,11 +46,16 @@ __all__ = [
 ]
 
 MARKER_PREFIX = "rpcgen:"
+_PID_MAX = 1 << 22  # Linux's largest pid_max
 _TITLE_RE = re.compile(
     r"^rpcgen:(?P<service>[A-Za-z_][A-Za-z0-9_.]*) port=(?P<port>\d+) owner=(?P<owner>\d+)"
 )
 
 logger = logging.getLogger("rpcgen")
+
+#: Seconds a new connection has to authenticate and send its first request.
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,11 @@ def parse_process_title(cmdline: list[str] | str) -> ServerTitle | None:
     match = _TITLE_RE.match(text)
     if match is None:
         return None
-    return ServerTitle(match["service"], int(match["port"]), int(match["owner"]))
+    # Any process may set any title: only a plausible port and pid count as ours.
+    port, owner = match["port"], match["owner"]
+    if len(port) > 5 or len(owner) > 10 or not 0 < int(port) < 65536 or int(owner) > _PID_MAX:
+        return None
+    return ServerTitle(match["service"], int(port), int(owner))
 
 
 class _Settable(Protocol):
@@ -148,7 +159,14 @@ class _RPCServer(managers.Server):
 
     public = [*managers.Server.public, "rpcgen_accept"]  # noqa: RUF012  (as in Server)
 
-    def __init__(self, obj: Any, address: Address, authkey: bytes, typeid: str) -> None:
+    def __init__(
+        self,
+        obj: Any,
+        address: Address,
+        authkey: bytes,
+        typeid: str,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+    ) -> None:
         # Registering the typeid too lets a plain BaseManager client (register +
         # connect + manager.<typeid>()) reach the same object.
         registry: dict[str, Any] = {typeid: (lambda: obj, None, None, None)}
@@ -158,8 +176,48 @@ class _RPCServer(managers.Server):
         if isinstance(address, str):
             os.chmod(address, 0o600)  # a Unix socket: only this user may connect
         self.stop_event = threading.Event()
+        self.handshake_timeout_s = handshake_timeout_s
+
+    def accepter(self) -> None:
+        """Accept connections, each served in its own thread (as the stock loop does).
+
+        Two changes. Each new connection must authenticate and send its first
+        request within ``handshake_timeout_s``, so a peer that connects and stays
+        silent is dropped instead of holding a thread and an fd for ever. And a
+        failing ``accept()`` (EMFILE at the fd limit) backs off instead of spinning:
+        the pending connection keeps the listener readable, so the stock loop
+        retries at 100% CPU.
+        """
+        listener = self.listener  # type: ignore[attr-defined]
+        stop = self.stop_event
+        delay = 0.0
+        while not stop.is_set():
+            try:
+                conn = listener.accept()
+            except OSError as exc:
+                delay = min(max(delay * 2, 0.005), 0.2)
+                if exc.errno in _RESOURCE_ERRNOS and delay >= 0.2:
+                    logger.warning("accept failed (%s); backing off", exc)
+                stop.wait(delay)
+                continue
+            try:
+                set_recv_timeout(conn, self.handshake_timeout_s)
+                thread = threading.Thread(target=self.handle_request, args=(conn,), daemon=True)
+                thread.start()
+            except Exception as exc:  # e.g. no thread can be started now
+                conn.close()
+                delay = min(max(delay * 2, 0.005), 0.2)
+                logger.warning("could not serve a new connection (%r); backing off", exc)
+                stop.wait(delay)
+                continue
+            delay = 0.0
+
+    def accept_connection(self, c: Connection, name: str) -> None:
+        set_recv_timeout(c, 0)  # authenticated: an idle connection may wait for ever
+        super().accept_connection(c, name)
 
     def rpcgen_accept(self, conn: Connection, name: str) -> None:
+        set_recv_timeout(conn, 0)  # authenticated: an idle connection may wait for ever
         threading.current_thread().name = name
         conn.send(("#RETURN", None))
         self._serve_calls(conn)
@@ -171,6 +229,7 @@ class _RPCServer(managers.Server):
         loads = pickle.loads
         table = self.id_to_obj
         stop = self.stop_event
+        reply: tuple[str, Any]
         while not stop.is_set():
             try:
                 request = recv_message(fd)
@@ -185,10 +244,12 @@ class _RPCServer(managers.Server):
                     )
                 try:
                     result = getattr(obj, method)(*args, **kwargs)
-                    reply: tuple[str, Any] = ("#RETURN", result)
-                    big = looks_big((result,))
                 except Exception as exc:
-                    reply, big = ("#ERROR", exc), False
+                    reply, big = ("#RAISED", pack_exception(exc)), False
+                    if logger.isEnabledFor(logging.DEBUG):
+                        logger.debug("%s() raised %r", method, exc, exc_info=exc)
+                else:
+                    reply, big = ("#RETURN", result), looks_big((result,))
             except Exception:
                 reply, big = ("#TRACEBACK", traceback.format_exc()), False
             try:
@@ -287,6 +348,7 @@ def serve_rpc(
     *,
     service_name: str,
     owner_pid: int | None = None,
+    handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
 ) -> None:
     """Serve ``server`` on ``address`` until shut down; call it in the server process.
 
@@ -294,7 +356,8 @@ def serve_rpc(
     exception in its constructor is reported to the parent, not just printed).
     ``owner_pid`` is the process whose exit stops this server; by default the
     process that created this one (``multiprocessing.parent_process()``), which is
-    right under fork, spawn and forkserver alike.
+    right under fork, spawn and forkserver alike. A new connection that does not
+    authenticate within ``handshake_timeout_s`` is dropped.
 
     Server objects are called from several threads at once: BaseManager serves
     each client connection in its own thread.
@@ -305,7 +368,7 @@ def serve_rpc(
     try:
         if isinstance(server, type):
             server = server()
-        rpc_server = _RPCServer(server, address, authkey, service_name)
+        rpc_server = _RPCServer(server, address, authkey, service_name, handshake_timeout_s)
     except BaseException as exc:
         fail = getattr(server_ready, "fail", None)
         if fail is not None:

@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 import weakref
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
@@ -49,7 +49,7 @@ from .health import (
 )
 from .notify import NotificationDispatcher, Notifier
 from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
-from .serve import ReadySignal, serve_rpc
+from .serve import DEFAULT_HANDSHAKE_TIMEOUT_S, ReadySignal, serve_rpc
 from .transport import Address, RPCProxy, request_shutdown, unix_socket_path
 
 __all__ = ["RPCServiceBase", "ServiceState"]
@@ -132,16 +132,26 @@ _TRANSIENT = (
 )
 
 
-class RPCServiceBase(Generic[ServerT]):
+class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     """Base class for a client whose server object runs in its own process.
 
     Subclasses implement :meth:`_create_direct_server` and
     :meth:`_start_server_process`, then call :meth:`_initialize_service`. Client
-    methods forward to ``self._server_proxy.<method>_rpc(...)``.
+    methods forward to ``self._server_proxy.<method>_rpc(...)``. A subclass that
+    misses one of the two cannot be constructed (``TypeError``).
 
     The server object is called from several threads at once: BaseManager serves
     each client connection (one per client thread) in its own thread.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise TypeError(
+                f"{cls.__name__} cannot be constructed: it must implement "
+                f"{' and '.join(f'{name}()' for name in missing)} (see RPCServiceBase)"
+            )
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -168,6 +178,7 @@ class RPCServiceBase(Generic[ServerT]):
         sleep: Callable[[float], None] = time.sleep,
         transport: str = "tcp",
         socket_dir: str | os.PathLike[str] | None = None,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         if not service_name or not service_name.replace("_", "a").replace(".", "a").isalnum():
             raise ValueError(f"service_name must be an identifier, got {service_name!r}")
@@ -190,6 +201,7 @@ class RPCServiceBase(Generic[ServerT]):
         self.start_timeout_s = start_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.handshake_timeout_s = handshake_timeout_s
         self.health_policy = HealthPolicy(
             interval_s=health_check_interval_s,
             max_consecutive_failures=max_consecutive_failures,
@@ -250,6 +262,7 @@ class RPCServiceBase(Generic[ServerT]):
             server_ready,
             service_name=self.service_name,
             owner_pid=self._rpc_owner_pid,
+            handshake_timeout_s=self.handshake_timeout_s,
         )
 
     def _launch_server_process(self, target: Callable[..., Any], *args: Any) -> BaseProcess:
@@ -671,7 +684,7 @@ class RPCServiceBase(Generic[ServerT]):
             else:
                 result = target.health_check_rpc()
         except CallTimeout as exc:
-            return FailureKind.TRANSPORT, str(exc), False
+            return FailureKind.TRANSPORT, exc.reason, False
         except (ServiceUnavailable, ServiceStopped) as exc:
             # A reset connection usually means the process is dying. After SIGKILL the
             # thread-group leader shows as a zombie before its other threads are gone,
@@ -682,7 +695,8 @@ class RPCServiceBase(Generic[ServerT]):
                 if process.exitcode is not None:
                     detail = f"server process is gone (exit code {process.exitcode})"
                     return FailureKind.TRANSPORT, detail, True
-            return FailureKind.TRANSPORT, str(exc), False
+            reason = exc.reason if isinstance(exc, ServiceUnavailable) else str(exc)
+            return FailureKind.TRANSPORT, reason, False
         except Exception as exc:
             return FailureKind.REMOTE, f"health_check_rpc raised {exc!r}", False
         status = result.get("status") if isinstance(result, dict) else None

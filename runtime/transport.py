@@ -35,6 +35,7 @@ from .errors import (
     ServiceStopped,
     ServiceUnavailable,
 )
+from .remote import unpack_exception
 from .wire import dumps, looks_big, recv_message, send_message
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "describe",
     "open_connection",
     "request_shutdown",
+    "set_recv_timeout",
     "unix_socket_path",
 ]
 
@@ -132,6 +134,15 @@ def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:
     whole = int(seconds)
     micro = int((seconds - whole) * 1_000_000)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+
+
+def set_recv_timeout(conn: connection.Connection, seconds: float) -> None:
+    """Bound every blocking read on ``conn`` (0: no bound). Opens no new fd."""
+    view = socket.socket(fileno=conn.fileno())
+    try:
+        _set_recv_timeout(view, seconds)
+    finally:
+        view.detach()
 
 
 class NoDelayListener(connection.Listener):
@@ -255,7 +266,10 @@ class _Holder:
 
 def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: connection.Connection) -> None:
     proxy = proxy_ref()
-    if proxy is not None:
+    # A forked child frees the other threads' thread-locals inside os.fork(), before
+    # any at-fork hook: the proxy's lock may have been held by one of those threads
+    # then, and would never be released. The child's after-fork hook drops the set.
+    if proxy is not None and proxy._rpc_pid == os.getpid():
         proxy._rpc_forget(conn)
     conn.close()
 
@@ -341,18 +355,26 @@ class RPCProxy:
         """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
-        if wait_ready and self._rpc_wait_ready is not None:
-            # A restart is under way: wait for it (bounded) instead of failing fast.
-            self._rpc_wait_ready(
-                min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s)
-            )
+        bound = min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s)
+        ready = self._rpc_wait_ready if wait_ready else None
+        if ready is not None:
+            ready(bound)  # a restart is under way: wait for it (bounded), don't fail fast
         generation = self._rpc_generation
-        conn = open_connection(
-            self._rpc_address,
-            self._rpc_authkey,
-            service=self._rpc_service,
-            timeout_s=min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s),
-        )
+        try:
+            conn = open_connection(
+                self._rpc_address, self._rpc_authkey, service=self._rpc_service, timeout_s=bound
+            )
+        except ServiceAuthenticationError:
+            # A restart can put a new server, with a new key, on the port between the
+            # wait above and the connect. Then (and only then) wait for the restart to
+            # finish and try once more, with the new key.
+            if ready is None or (self._rpc_generation == generation and ready(0)):
+                raise
+            ready(bound)
+            generation = self._rpc_generation
+            conn = open_connection(
+                self._rpc_address, self._rpc_authkey, service=self._rpc_service, timeout_s=bound
+            )
         with self._rpc_lock:
             if self._rpc_closed:
                 conn.close()
@@ -424,16 +446,9 @@ class RPCProxy:
             send_message(conn.fileno(), payload)
             del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
             if timeout_s is not None and not conn.poll(timeout_s):
-                host, port = describe(self._rpc_address)
-                self._rpc_discard(conn)
-                raise CallTimeout(
-                    service=self._rpc_service,
-                    host=host,
-                    port=port,
-                    method=method,
-                    timeout_s=timeout_s,
-                )
-            reply = recv_message(conn.fileno())
+                reply = None
+            else:
+                reply = recv_message(conn.fileno())
         except (OSError, EOFError) as exc:
             self._rpc_discard(conn)
             if self._rpc_closed:
@@ -448,6 +463,13 @@ class RPCProxy:
             # this connection is out of step. Never reuse it.
             self._rpc_discard(conn)
             raise
+        if reply is None:  # raised here, not above: CallTimeout is an OSError too
+            assert timeout_s is not None
+            self._rpc_discard(conn)
+            host, port = describe(self._rpc_address)
+            raise CallTimeout(
+                service=self._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
+            )
         try:
             kind, result = _loads(reply)
         except Exception as exc:
@@ -458,6 +480,12 @@ class RPCProxy:
             ) from exc
         if kind == "#RETURN":
             return result
+        if kind == "#RAISED":
+            error = unpack_exception(result, service=self._rpc_service, method=method)
+            try:
+                raise error
+            finally:
+                del error, result  # break the traceback reference cycle
         if kind == "#ERROR":
             try:
                 raise result

@@ -22,14 +22,50 @@ _BIG = 1 << 16
 _SIZED = (bytes, bytearray, str, memoryview)
 
 
+_SCALARS = frozenset({int, float, bool, type(None), complex})
+#: type -> whether it exports a buffer (numpy arrays, array.array, mmap, ...)
+_BUFFER_TYPES: dict[type, bool] = {}
+
+
+def _exports_buffer(cls: type, value: Any) -> bool:
+    known = _BUFFER_TYPES.get(cls)
+    if known is None:
+        if hasattr(cls, "__buffer__"):  # Python 3.12+: PEP 688
+            known = True
+        else:
+            try:
+                memoryview(value).release()
+                known = True
+            except TypeError:
+                known = False
+            except Exception:  # a buffer type that refused this one value
+                return False
+        if len(_BUFFER_TYPES) < 1024:
+            _BUFFER_TYPES[cls] = known
+    return known
+
+
 def looks_big(values: Iterable[Any]) -> bool:
-    """True if any value is a large buffer or string (or has a large ``nbytes``)."""
+    """True if any value is a large string or buffer.
+
+    Only real buffers count (found through the buffer protocol, never through an
+    attribute such as ``nbytes`` that any object may define to mean anything), and
+    this never raises: it only picks the faster of two equivalent pickling paths.
+    """
     for value in values:
+        cls = type(value)
+        if cls in _SCALARS:
+            continue
         if isinstance(value, _SIZED):
             if len(value) > _BIG:
                 return True
-        elif getattr(value, "nbytes", 0) > _BIG:
-            return True
+        elif _exports_buffer(cls, value):
+            try:
+                with memoryview(value) as view:
+                    if view.nbytes > _BIG:
+                        return True
+            except Exception:
+                continue
     return False
 
 

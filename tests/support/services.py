@@ -16,6 +16,33 @@ from rpcgen.runtime import RPCServiceBase, serve_rpc
 from rpcgen.runtime.transport import Address
 
 
+class NeedsArgsError(Exception):
+    """Its __init__ needs two arguments: plain pickle cannot rebuild it (args is one string)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+        self.code = code
+
+
+class Sized:
+    """A value whose ``nbytes`` is not a number (a dataclass field defaulting to None)."""
+
+    def __init__(self, nbytes: int | None = None) -> None:
+        self.nbytes = nbytes
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sized) and other.nbytes == self.nbytes
+
+
+class AnythingGoes:
+    """``__getattr__`` answers every name, so ``getattr(x, "nbytes", 0)`` is a string."""
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return "anything"
+
+
 class EchoServer:
     """Thread-safe: the RPC server calls it from one thread per client connection."""
 
@@ -64,6 +91,23 @@ class EchoServer:
     def payload_rpc(self, size: int) -> bytes:
         return b"x" * size
 
+    def needs_args_error_rpc(self) -> None:
+        raise NeedsArgsError(42, "the detail")
+
+    def local_class_error_rpc(self) -> None:
+        class OnlyHere(Exception):  # cannot be pickled, nor found by the client
+            pass
+
+        raise OnlyHere("raised by a class the client cannot import")
+
+    def service_error_rpc(self) -> None:
+        from rpcgen.runtime import ServiceUnavailable
+
+        raise ServiceUnavailable(service="Inner", host="127.0.0.1", port=1, reason="inner down")
+
+    def sized_rpc(self, value: Any) -> Sized:
+        return Sized()
+
 
 class HangingHealthServer(EchoServer):
     """health_check_rpc never answers (a hung server)."""
@@ -90,6 +134,26 @@ def serve_crashing(address: Address, authkey: bytes, ready: Any, name: str = "Ec
     serve_rpc(CrashingServer, address, authkey, ready, service_name=name)
 
 
+def serve_quick_handshake(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(EchoServer, address, authkey, ready, service_name=name, handshake_timeout_s=0.5)
+
+
+class FewFdsServer(EchoServer):
+    """Runs with only a few spare file descriptors, so a burst of peers exhausts them."""
+
+    def __init__(self) -> None:
+        import resource
+
+        super().__init__()
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        spare = len(os.listdir("/proc/self/fd")) + 8
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spare, hard))
+
+
+def serve_few_fds(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(FewFdsServer, address, authkey, ready, service_name=name)
+
+
 def exit_before_ready(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
     os._exit(7)
 
@@ -104,6 +168,8 @@ SERVE_TARGETS = {
     "crashing": serve_crashing,
     "exit7": exit_before_ready,
     "never_ready": never_ready,
+    "quick_handshake": serve_quick_handshake,
+    "few_fds": serve_few_fds,
 }
 
 
