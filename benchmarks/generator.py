@@ -3,7 +3,6 @@ against `python -c "import typer"`, each a whole command as a user runs it."""
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import subprocess
 import sys
@@ -15,8 +14,9 @@ from ._util import Row
 
 
 def _rpcgen() -> list[str]:
-    exe = shutil.which("rpcgen")
-    return [exe] if exe else [sys.executable, "-m", "rpcgen.generator.cli"]
+    # This interpreter's own script, never PATH's: /usr/bin/rpcgen is the ONC RPC compiler.
+    script = Path(sys.executable).parent / "rpcgen"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "rpcgen"]
 
 
 def _time(command: list[str], cwd: Path | None = None) -> float:

@@ -1,7 +1,8 @@
 """The ``rpcgen`` command line: parse options, call the API, map errors to exit codes.
 
 Exit codes: 0 ok, 1 drift (``generate --check``), 2 bad usage or bad spec,
-3 merge conflicts written, 4 internal error (a bug: please report it).
+3 merge conflicts written, 4 internal error (a bug: please report it), 5 another
+rpcgen is writing the same project (run it again when that one has finished).
 
 Only typer is imported at module level, so ``rpcgen --help`` stays fast; the
 generator (jinja2, black, tomlkit, merge3) is imported by the commands.
@@ -17,7 +18,7 @@ import typer
 
 __all__ = ["app", "main"]
 
-EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_CONFLICT, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_CONFLICT, EXIT_INTERNAL, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
 app = typer.Typer(
     name="rpcgen",
@@ -79,7 +80,7 @@ def _report(plan: Any, *, diff: bool, only_drift: bool = False) -> None:
         typer.echo(f"note: {note}", err=True)
 
 
-@app.command()
+@app.command(help="Add a service to the spec and render it.")
 def new(
     name: Annotated[str, typer.Argument(help="Service name in CapWords, e.g. PriceFetcher.")],
     port: Annotated[
@@ -133,7 +134,7 @@ def new(
     _report(result.result.plan, diff=False)
 
 
-@app.command()
+@app.command(help="Re-render every service from the spec and its server class.")
 def generate(
     check: Annotated[
         bool, typer.Option("--check", help="Render in memory; print the drift; exit 1 if any.")
@@ -141,10 +142,18 @@ def generate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="One line per file; write nothing.")
     ] = False,
-    diff: Annotated[bool, typer.Option("--diff", help="Show the diffs.")] = False,
+    diff: Annotated[
+        bool,
+        typer.Option("--diff", help="Show the diffs; write nothing (implies --dry-run)."),
+    ] = False,
     root: Annotated[Path, _ROOT] = Path("."),
 ) -> None:
-    """Re-render every service from the spec and its server class."""
+    """Re-render every service from the spec and its server class.
+
+    ``--check``, ``--dry-run`` and ``--diff`` only read. ``--diff`` shows, for each
+    file, what a run would write, and for a user-owned file whose template
+    changed, how the template's render changed.
+    """
     from .api import generate as run_generate
     from .api import plan_generate
     from .errors import ConflictsWritten
@@ -158,14 +167,14 @@ def generate(
         typer.echo("up to date")
         return
     try:
-        result = run_generate(root, dry_run=dry_run)
+        result = run_generate(root, dry_run=dry_run or diff)
     except ConflictsWritten as exc:
         _report(exc.plan, diff=diff)
         raise
     _report(result.plan, diff=diff)
 
 
-@app.command("list")
+@app.command("list", help="List the services in the spec.")
 def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
     """List the services in the spec."""
     from .api import list_services
@@ -182,7 +191,7 @@ def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
         )
 
 
-@app.command()
+@app.command(help="List the rpcgen servers running on this machine.")
 def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

@@ -5,7 +5,12 @@
     RpcgenError
     ├── SpecError (ValueError)             bad or malformed spec            exit 2
     ├── ServerModuleError (ValueError)     server module unreadable/unparsable exit 2
-    └── ConflictsWritten                   merge conflicts were written     exit 3
+    ├── LockError (ValueError)             .rpcgen.lock unreadable, or a path exit 2
+    │                                      in it leaves the project
+    ├── PathOutsideProject (ValueError)    a file to write resolves outside  exit 2
+    │                                      the project (through a symlink)
+    ├── ConflictsWritten                   merge conflicts were written     exit 3
+    └── ProjectBusy (BlockingIOError)      another rpcgen is writing here   exit 5
 
 Every message is one line per problem, naming the file (and the service and the
 field where there is one) and saying what to do next. Every error survives pickling.
@@ -18,7 +23,16 @@ from typing import Any
 
 from rpcgen.runtime.errors import reduce_by_state
 
-__all__ = ["ConflictsWritten", "RpcgenError", "ServerModuleError", "SpecError", "SpecIssue"]
+__all__ = [
+    "ConflictsWritten",
+    "LockError",
+    "PathOutsideProject",
+    "ProjectBusy",
+    "RpcgenError",
+    "ServerModuleError",
+    "SpecError",
+    "SpecIssue",
+]
 
 
 class RpcgenError(Exception):
@@ -90,3 +104,38 @@ class ConflictsWritten(RpcgenError):
             f"merge conflicts written to {', '.join(self.paths)}: resolve the <<<<<<< markers, "
             "then run `rpcgen generate` again"
         )
+
+
+class LockError(ValueError, RpcgenError):
+    """The lock file is unreadable or malformed, or names a path outside the project."""
+
+    def __init__(self, *, file: str, reason: str) -> None:
+        self.file, self.reason = file, reason
+        super().__init__(f"{file}: {reason}; restore it from version control")
+
+
+class PathOutsideProject(ValueError, RpcgenError):
+    """A file rpcgen would write or delete resolves outside the project folder."""
+
+    def __init__(self, *, path: str, resolved: str) -> None:
+        self.path, self.resolved = path, resolved
+        super().__init__(
+            f"{path}: resolves to {resolved}, outside the project (through a symlink); "
+            "rpcgen writes only inside the project: replace the link with a folder"
+        )
+
+
+class ProjectBusy(BlockingIOError, RpcgenError):
+    """Another rpcgen process holds the project's write lock."""
+
+    exit_code = 5
+
+    def __init__(self, *, root: str, waited_s: float) -> None:
+        self.root, self.waited_s = root, waited_s
+        super().__init__(
+            f"another rpcgen is writing the project in {root} (waited {waited_s:g}s); "
+            "run this command again when it has finished"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -462,6 +462,12 @@ def read_server_interface(
                 "RPCServiceBase; rename the server method"
             )
             continue
+        if _takes_self(node):
+            collector.notes.append(
+                f"{path}: skipped {name}(): a parameter named 'self' besides the first would "
+                "clash with the client method's own; rename it"
+            )
+            continue
         methods.append(_method(node, client, collector))
     return ServerInterface(
         module=module,
@@ -471,6 +477,13 @@ def read_server_interface(
         runtime_imports=tuple(sorted(collector.runtime)),
         notes=tuple(collector.notes),
     )
+
+
+def _takes_self(node: ast.FunctionDef) -> bool:
+    a = node.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args)][1:] + [x.arg for x in a.kwonlyargs]
+    names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+    return "self" in names
 
 
 def _order(node: ast.AST) -> tuple[int, int]:

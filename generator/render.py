@@ -7,8 +7,10 @@ with the project's own ``[tool.black]`` mode, the one ``black --check`` uses.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
@@ -16,7 +18,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from .errors import ServerModuleError
+from .errors import ServerModuleError, SpecError, SpecIssue
 from .imports import import_lines
 from .introspect import Import, ServerInterface, module_file, read_server_interface
 from .spec import ProjectSpec, ServiceSpec
@@ -42,7 +44,7 @@ class Output:
     raw: str
     owner: Owner
     service: str | None
-    kind: str  # base | client | server | test | package
+    kind: str  # base | client | server | test | package | registry | conftest
     mode: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -93,41 +95,103 @@ def _environment() -> Any:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters["docstring"] = _docstring
-    env.filters["pytuple"] = lambda items: repr(tuple(str(i) for i in items))
+    env.filters["docstring"] = docstring_body
+    env.filters["py"] = py_literal
     return env
 
 
-def _docstring(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+_LITERAL_TYPES = (bool, int, str)
+
+
+def py_literal(value: Any) -> str:
+    """A spec value as Python source: ``repr()`` of a validated type, never raw text.
+
+    Only bool, int, finite float, str and tuples/lists of them are accepted, so no
+    value from a spec (or a hand-edited lock) can ever become code.
+    """
+    if type(value) in _LITERAL_TYPES:
+        return repr(value)
+    if type(value) is float and math.isfinite(value):
+        return repr(value)
+    if type(value) in (tuple, list):
+        return repr(tuple(ast.literal_eval(py_literal(item)) for item in value))
+    raise TypeError(f"refusing to render {type(value).__name__} {value!r} into generated code")
+
+
+def docstring_body(text: str) -> str:
+    """``text`` as the inside of a triple-quoted docstring that means exactly ``text``.
+
+    Backslashes and unprintable characters are escaped, and so is every quote that
+    could close the string early: one followed by another quote, or the last one.
+    """
+    out: list[str] = []
+    for index, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            closing = index == len(text) - 1 or text[index + 1] == '"'
+            out.append('\\"' if closing else ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def black_mode(root: Path) -> Any:
-    """The black Mode that ``black --check`` would use in ``root`` ([tool.black])."""
+    """The black Mode that ``black --check`` would use in ``root`` ([tool.black]).
+
+    A bad ``[tool.black]`` value is a one-line SpecError naming it, as black's own
+    check would refuse it too.
+    """
     import black
 
-    config: dict[str, Any] = {}
+    from .spec import read_spec_text
+
+    config: Any = {}
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
         import tomlkit
 
         try:
-            data = tomlkit.parse(pyproject.read_text(encoding="utf-8")).unwrap()
+            data = tomlkit.parse(read_spec_text(pyproject).text).unwrap()
+        except SpecError:
+            raise
         except Exception:
-            data = {}
-        config = data.get("tool", {}).get("black", {}) or {}
+            data = {}  # malformed TOML: reported by the spec's own reading when it matters
+        tool = data.get("tool", {})
+        config = tool.get("black", {}) if isinstance(tool, dict) else {}
     from black.const import DEFAULT_LINE_LENGTH
     from black.mode import TargetVersion
 
+    def bad(key: str, value: Any, want: str) -> SpecError:
+        return SpecError(
+            [SpecIssue("pyproject.toml [tool.black]", f"{key} must be {want}, got {value!r}")]
+        )
+
+    if not isinstance(config, dict):
+        raise bad("the table", config, "a table")
     versions = config.get("target-version", config.get("target_version", []))
-    targets = {TargetVersion[v.upper()] for v in versions}
+    known = {v.name.lower() for v in TargetVersion}
+    if not isinstance(versions, list) or not all(
+        isinstance(v, str) and v.lower() in known for v in versions
+    ):
+        raise bad("target-version", versions, f"a list of {', '.join(sorted(known))}")
     line_length = config.get("line-length", config.get("line_length", DEFAULT_LINE_LENGTH))
+    if type(line_length) is not int or not 1 <= line_length <= 10_000:
+        raise bad("line-length", line_length, "a whole number from 1 to 10000")
+    flags = {}
+    for key in ("skip-string-normalization", "skip-magic-trailing-comma", "preview"):
+        value = config.get(key, False)
+        if not isinstance(value, bool):
+            raise bad(key, value, "true or false")
+        flags[key] = value
     return black.Mode(
-        target_versions=targets,
-        line_length=int(line_length),
-        string_normalization=not config.get("skip-string-normalization", False),
-        magic_trailing_comma=not config.get("skip-magic-trailing-comma", False),
-        preview=bool(config.get("preview", False)),
+        target_versions={TargetVersion[v.upper()] for v in versions},
+        line_length=line_length,
+        string_normalization=not flags["skip-string-normalization"],
+        magic_trailing_comma=not flags["skip-magic-trailing-comma"],
+        preview=flags["preview"],
     )
 
 
@@ -196,6 +260,9 @@ def render_project(
             f"{spec.package.replace('.', '/')}/{svc.snake}_base.py",
         }
     first_party = _first_party(root, planned)
+
+    conftest = env.get_template("conftest.py.jinja").render(package=spec.package)
+    outputs.append(Output("conftest.py", conftest, "user", None, "conftest", mode))
 
     for init in sorted(_package_inits(root, spec.package)):
         text = env.get_template("package_init.py.jinja").render(
@@ -266,7 +333,7 @@ def _render_registry(
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # Python accepts a BOM: so do we
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:

@@ -28,6 +28,9 @@ service and the field. Edits go through tomlkit, so comments and order survive.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import math
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ from .naming import STDLIB_MODULES, is_capwords, is_dotted_identifier, is_identi
 
 __all__ = [
     "DEFAULT_BASE_PORT",
+    "MAX_NAME_LENGTH",
     "SCHEMA_VERSION",
     "HealthSpec",
     "NewService",
@@ -53,6 +57,12 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 DEFAULT_BASE_PORT = 50000
+#: Longest service name: its snake-case file names and Unix socket path must fit.
+MAX_NAME_LENGTH = 64
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 SPEC_FILE = "rpcgen.toml"
 PYPROJECT = "pyproject.toml"
 
@@ -119,7 +129,7 @@ def find_spec(root: Path) -> SpecLocation | None:
     pyproject = root / PYPROJECT
     in_pyproject = False
     if pyproject.is_file():
-        data = _parse_toml(pyproject.read_text(encoding="utf-8"), pyproject.name)
+        data = _parse_toml(read_spec_text(pyproject).text, pyproject.name)
         in_pyproject = isinstance(data.get("tool"), dict) and "rpcgen" in data["tool"]
     if own.is_file() and in_pyproject:
         raise SpecError(
@@ -135,6 +145,40 @@ def find_spec(root: Path) -> SpecLocation | None:
     if in_pyproject:
         return SpecLocation(pyproject, ("tool", "rpcgen"))
     return None
+
+
+@dataclass(frozen=True)
+class SpecText:
+    """A TOML file's text (BOM removed, LF), and how to write it back as it was."""
+
+    text: str
+    bom: bool = False
+    crlf: bool = False
+
+    def restore(self, text: str) -> str:
+        if self.crlf:
+            text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+        return ("\ufeff" if self.bom else "") + text
+
+
+def read_spec_text(path: Path) -> SpecText:
+    """Read a TOML file as text; one-line SpecError if it is not UTF-8."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            raw = f.read()
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [
+                SpecIssue(
+                    path.name,
+                    f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8",
+                )
+            ]
+        ) from exc
+    bom = raw.startswith("\ufeff")
+    text = raw[1:] if bom else raw
+    crlf = "\r\n" in text
+    return SpecText(text.replace("\r\n", "\n") if crlf else text, bom, crlf)
 
 
 def _parse_toml(text: str, label: str) -> dict[str, Any]:
@@ -176,7 +220,7 @@ def load_spec(root: Path) -> ProjectSpec:
                 )
             ]
         )
-    data = _parse_toml(location.path.read_text(encoding="utf-8"), location.path.name)
+    data = _parse_toml(read_spec_text(location.path).text, location.path.name)
     return parse_spec(_table(data, location.table), location.label)
 
 
@@ -186,7 +230,18 @@ def _close(key: str, allowed: tuple[str, ...]) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (TOML also has inf and nan, which no setting here means)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_host(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(value))
 
 
 class _Checker:
@@ -222,13 +277,20 @@ def parse_spec(data: Mapping[str, Any], file: str = SPEC_FILE) -> ProjectSpec:
     if not isinstance(package, str) or not is_dotted_identifier(package):
         c.add(f"must be a dotted module path like 'services', got {package!r}", field="package")
         package = "services"
+    elif _shadowed(package):
+        c.add(
+            f"{package!r} would shadow the module {package.split('.')[0]!r} (standard library "
+            "or rpcgen); choose another package name",
+            field="package",
+        )
+        package = "services"
     tests_dir = data.get("tests_dir", "tests")
     if not isinstance(tests_dir, str) or not _is_relative_dir(tests_dir):
         c.add(f"must be a relative folder inside the project, got {tests_dir!r}", field="tests_dir")
         tests_dir = "tests"
     host = data.get("host", "127.0.0.1")
-    if not isinstance(host, str) or not host or any(ch.isspace() for ch in host):
-        c.add(f"must be a host name or address, got {host!r}", field="host")
+    if not _is_host(host):
+        c.add(f"must be a host name or IP address, got {host!r}", field="host")
         host = "127.0.0.1"
 
     raw_services = data.get("services", {})
@@ -261,6 +323,10 @@ def _reserved_attributes() -> frozenset[str]:
     return reserved_client_names()
 
 
+def _shadowed(module: str) -> bool:
+    return module.split(".")[0] in STDLIB_MODULES | {"rpcgen"}
+
+
 def _is_relative_dir(text: str) -> bool:
     path = PurePosixPath(text)
     return bool(text) and not path.is_absolute() and ".." not in path.parts and "\\" not in text
@@ -271,7 +337,14 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
     if not is_capwords(name):
         c.add(
             "name must be a CapWords identifier, like PriceFetcher",
-            service=repr(name),
+            service=repr(name[:MAX_NAME_LENGTH]),
+            field="name",
+        )
+        return None
+    if len(name) > MAX_NAME_LENGTH:
+        c.add(
+            f"name is {len(name)} characters long; use at most {MAX_NAME_LENGTH}",
+            service=name[:MAX_NAME_LENGTH] + "...",
             field="name",
         )
         return None
@@ -312,6 +385,13 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
     if not isinstance(server_module, str) or not is_dotted_identifier(server_module):
         c.add(
             f"must be a dotted module path like '{package}.{snake}_server', got {server_module!r}",
+            service=name,
+            field="server_module",
+        )
+        ok = False
+    elif _shadowed(server_module):
+        c.add(
+            f"{server_module!r} is a standard library or rpcgen module; name your own module",
             service=name,
             field="server_module",
         )
@@ -489,6 +569,7 @@ def add_service(
 
     location = find_spec(root)
     created = location is None
+    source: SpecText | None = None
     if location is None:
         location = SpecLocation(root / SPEC_FILE, ())
         doc = tomlkit.document()
@@ -498,7 +579,13 @@ def add_service(
         doc.add("tests_dir", "tests")
         doc.add("host", "127.0.0.1")
     else:
-        doc = _parse_doc(location.path.read_text(encoding="utf-8"), location.path.name)
+        source = read_spec_text(location.path)
+        doc = _parse_doc(source.text, location.path.name)
+        table_node: Any = doc
+        for key in location.table:
+            table_node = table_node[key]
+        if table_node == {}:  # an empty [tool.rpcgen] (or rpcgen.toml) asks for a spec
+            table_node.add("schema_version", SCHEMA_VERSION)
     label = location.label
     existing = parse_spec(_table(doc.unwrap(), location.table), label)
     if any(s.name == name for s in existing.services):
@@ -535,4 +622,6 @@ def add_service(
 
     text = tomlkit.dumps(doc)
     spec = parse_spec(_table(tomlkit.parse(text).unwrap(), location.table), label)
+    if source is not None:
+        text = source.restore(text)  # the file's own BOM and line endings
     return NewService(spec, spec.service(name), location, text, chosen, created)

@@ -11,7 +11,8 @@ Per-file decisions (owned = rpcgen's, user = created once, never touched):
 situation                              action
 =====================================  ===================================================
 missing, never generated               create
-missing, in the lock                   skip: deleted by the user, left deleted
+owned, missing (service in the spec)   create again: rpcgen's files are rpcgen's
+user-owned, missing, in the lock       skip: deleted by the user, left deleted
 owned, unchanged since generated       update (or unchanged)
 owned, edited by hand                  merge (merge3); a conflict is written with diff3
                                        markers and the run exits 3; never a .rej file
@@ -22,7 +23,13 @@ file not in the lock                   never touched (adopted if identical)
 =====================================  ===================================================
 
 Writes are atomic (temp file + rename) and the lock is written last, so a run
-killed part-way leaves each file old or new, and the next run recovers.
+killed part-way leaves each file old or new, and the next run recovers (and
+removes the temp files such a run left). A file's line endings are kept: a CRLF
+file is compared and merged as LF and written back as CRLF. The merge base of a
+file moves on only when the file is written.
+
+Every path, from the lock or from the spec, is checked to be relative and to
+stay inside the project, symlinks resolved, before anything is written or deleted.
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ import enum
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ConflictsWritten, RpcgenError, ServerModuleError
+from .errors import ConflictsWritten, LockError, PathOutsideProject, ServerModuleError
 from .render import Output, Rendered
 
 __all__ = [
@@ -49,6 +57,8 @@ __all__ = [
     "Plan",
     "apply_plan",
     "atomic_write",
+    "check_inside",
+    "clean_stale_temps",
     "has_conflict_markers",
     "make_plan",
 ]
@@ -90,31 +100,32 @@ class Lock:
 
     @classmethod
     def load(cls, root: Path) -> Lock:
+        """Read and check the lock: every path in it must stay inside ``root``."""
         path = root / LOCK_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as exc:
-            raise LockError(
-                f"{LOCK_FILE}: unreadable ({exc}); restore it from version control"
-            ) from exc
+            raise LockError(file=LOCK_FILE, reason=f"unreadable ({exc})") from exc
         try:
             files = {
-                str(p): LockEntry(
-                    e["owner"],
-                    e.get("service"),
-                    e["sha256"],
-                    e.get("pristine"),
-                    e.get("render_key"),
+                _lock_path(root, p): LockEntry(
+                    _text(e["owner"]),
+                    _optional_text(e.get("service")),
+                    _text(e["sha256"]),
+                    _optional_text(e.get("pristine")),
+                    _optional_text(e.get("render_key")),
                 )
                 for p, e in data["files"].items()
             }
-            return cls(files, data.get("rpcgen_version", ""), data.get("black_version", ""))
+            return cls(
+                files,
+                _text(data.get("rpcgen_version", "")),
+                _text(data.get("black_version", "")),
+            )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise LockError(
-                f"{LOCK_FILE}: malformed ({exc!r}); restore it from version control"
-            ) from exc
+            raise LockError(file=LOCK_FILE, reason=f"malformed ({exc!r})") from exc
 
     def dumps(self) -> str:
         data = {
@@ -126,8 +137,55 @@ class Lock:
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-class LockError(RpcgenError):
-    pass
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _lock_path(root: Path, rel: Any) -> str:
+    """``rel`` if it is a normalised relative path that stays inside ``root``."""
+    if not isinstance(rel, str) or not _is_normal_relative(rel):
+        raise LockError(
+            file=LOCK_FILE,
+            reason=f"path {rel!r} is not a relative path inside the project, so nothing was "
+            "written or deleted",
+        )
+    try:
+        check_inside(root, rel)
+    except PathOutsideProject as exc:
+        raise LockError(
+            file=LOCK_FILE,
+            reason=f"path {rel!r} resolves to {exc.resolved}, outside the project, so nothing "
+            "was written or deleted",
+        ) from exc
+    return rel
+
+
+def _is_normal_relative(rel: str) -> bool:
+    parts = rel.split("/")
+    return (
+        bool(rel)
+        and not rel.startswith("/")
+        and "\\" not in rel
+        and "\0" not in rel
+        and ":" not in parts[0]
+        and all(part not in ("", ".", "..") for part in parts)
+        and PurePosixPath(rel).as_posix() == rel
+    )
+
+
+def check_inside(root: Path, rel: str) -> Path:
+    """``root / rel``, after checking that it resolves (symlinks followed) inside ``root``."""
+    base = root.resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise PathOutsideProject(path=rel, resolved=str(target))
+    return base / rel
 
 
 class Action(enum.Enum):
@@ -154,27 +212,32 @@ class FileDecision:
     reason: str = ""
     old: str | None = None  # on disk now
     new: str | None = None  # to be written (None: nothing written)
-    #: the render, for a diff of a file that is not written (formatted only if shown)
+    #: a user-owned file's new render, whose template changed (formatted only if shown)
     source: Output | None = field(default=None, compare=False, repr=False)
+    #: with ``source``: the render it replaces ("" when an older lock did not record it)
+    previous: str | None = field(default=None, compare=False, repr=False)
 
     def line(self) -> str:
         reason = f" ({self.reason})" if self.reason else ""
         return f"{self.action.value:<9} {self.path}{reason}"
 
     def diff(self) -> str:
-        target = self.new
-        if target is None and self.source is not None:
-            target = self.source.text
-        if self.action is Action.DELETE:
-            target = ""
-        if target is None or target == (self.old or ""):
+        """What would change on disk; for a user-owned file, how its template changed."""
+        if self.source is not None and self.previous is not None:
+            before, after = self.previous, self.source.text
+            names = (f"a/{self.path} (previous render)", f"b/{self.path} (new render)")
+        else:
+            before = self.old or ""
+            after = "" if self.action is Action.DELETE else self.new  # type: ignore[assignment]
+            names = (f"a/{self.path}", f"b/{self.path}")
+        if after is None or after == before:
             return ""
         return "".join(
             difflib.unified_diff(
-                (self.old or "").splitlines(keepends=True),
-                target.splitlines(keepends=True),
-                fromfile=f"a/{self.path}",
-                tofile=f"b/{self.path}",
+                before.splitlines(keepends=True),
+                after.splitlines(keepends=True),
+                fromfile=names[0],
+                tofile=names[1],
             )
         )
 
@@ -223,10 +286,20 @@ def _merge(base: str, ours: str, theirs: str) -> tuple[str, bool]:
 
 
 def _read(root: Path, rel: str) -> str | None:
+    """The file's text with its line endings as they are (no newline translation)."""
     try:
-        return (root / rel).read_text(encoding="utf-8")
+        with open(root / rel, encoding="utf-8", newline="") as f:
+            return f.read()
     except FileNotFoundError:
         return None
+
+
+def _crlf(text: str | None) -> bool:
+    return text is not None and "\r\n" in text
+
+
+def _lf(text: str | None) -> str | None:
+    return text.replace("\r\n", "\n") if text is not None else None
 
 
 def make_plan(
@@ -244,6 +317,7 @@ def make_plan(
         )
 
     for out in rendered.outputs:
+        check_inside(root, out.path)
         disk = _read(root, out.path)
         entry = lock.files.get(out.path)
         decision, new_entry = (_decide_owned if out.owner == "rpcgen" else _decide_user)(
@@ -275,7 +349,7 @@ def make_plan(
             continue
         if disk is None:
             continue
-        if entry.pristine is not None and disk == entry.pristine:
+        if entry.pristine is not None and _lf(disk) == entry.pristine:
             decisions.append(FileDecision(path, Action.DELETE, "rpcgen", entry.service, why, disk))
         else:
             decisions.append(
@@ -293,7 +367,7 @@ def make_plan(
 
 
 def _decide_owned(
-    out: Output, disk: str | None, entry: LockEntry | None
+    out: Output, raw_disk: str | None, entry: LockEntry | None
 ) -> tuple[FileDecision, LockEntry | None]:
     key = out.render_key
     if entry is not None and entry.pristine is not None and entry.render_key == key:
@@ -301,20 +375,26 @@ def _decide_owned(
     else:
         new = out.text
     record = LockEntry("rpcgen", out.service, _sha(new), new, key)
+    crlf = _crlf(raw_disk)
+    disk = _lf(raw_disk)  # compared and merged as LF; written back with the file's endings
 
     def d(action: Action, reason: str = "", text: str | None = None) -> FileDecision:
-        return FileDecision(out.path, action, "rpcgen", out.service, reason, disk, text)
+        if text is not None and crlf:
+            text = text.replace("\n", "\r\n")
+        return FileDecision(out.path, action, "rpcgen", out.service, reason, raw_disk, text)
 
     if disk is None:
         if entry is None:
             return d(Action.CREATE, text=new), record
-        return d(Action.SKIP, "deleted by the user; left deleted"), record
+        # The service is still in the spec and the user's code imports this file.
+        return d(Action.CREATE, "rpcgen-owned and missing; created again", new), record
     if entry is None:
         if disk == new:
             return d(Action.UNCHANGED, "adopted"), record
         return d(Action.SKIP, "exists but was not generated by rpcgen; not touched"), None
     if has_conflict_markers(disk):
-        return d(Action.CONFLICT, "unresolved conflict markers from an earlier run"), record
+        # Not written, so the merge base stays the render the markers were made from.
+        return d(Action.CONFLICT, "unresolved conflict markers from an earlier run"), entry
     if disk == new:
         return d(Action.UNCHANGED), record
     if entry.pristine is None:  # a hand-edited lock: no base, so show both sides
@@ -333,10 +413,12 @@ def _decide_owned(
 def _decide_user(
     out: Output, disk: str | None, entry: LockEntry | None
 ) -> tuple[FileDecision, LockEntry | None]:
-    # Keyed on the template's raw output, so an existing user file needs no formatting.
-    record = LockEntry("user", out.service, _sha(out.raw))
+    # Keyed on the template's raw output, so an existing user file needs no formatting;
+    # the formatted render is kept as ``pristine`` only to show how a template changed.
+    sha = _sha(out.raw)
     if disk is None:
         if entry is None:
+            record = LockEntry("user", out.service, sha, out.text)
             return (
                 FileDecision(out.path, Action.CREATE, "user", out.service, "", None, out.text),
                 record,
@@ -347,20 +429,64 @@ def _decide_user(
             ),
             entry,
         )
-    reason = "user-owned"
-    if entry is not None and entry.sha256 != record.sha256:
-        reason = "user-owned; its template changed, see `rpcgen generate --diff`"
-    kept = record if entry is not None else None  # a template change is reported once
+    if entry is None:
+        return (
+            FileDecision(out.path, Action.SKIP, "user", out.service, "user-owned", disk),
+            None,
+        )
+    if entry.sha256 == sha:
+        return (
+            FileDecision(out.path, Action.SKIP, "user", out.service, "user-owned", disk),
+            entry,
+        )
+    # The template changed: said once (the lock moves on), shown as old render -> new.
     return (
-        FileDecision(out.path, Action.SKIP, "user", out.service, reason, disk, None, out),
-        kept,
+        FileDecision(
+            out.path,
+            Action.SKIP,
+            "user",
+            out.service,
+            "user-owned; its template changed, see `rpcgen generate --diff`",
+            disk,
+            None,
+            out,
+            previous=entry.pristine if entry.pristine is not None else "",
+        ),
+        LockEntry("user", out.service, sha, out.text),
     )
+
+
+_TEMP = re.compile(r"^\..+\.rpcgen-\d+\.tmp$")
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.rpcgen-{os.getpid()}.tmp")
+
+
+def clean_stale_temps(root: Path, rels: Iterable[str]) -> list[str]:
+    """Remove temp files that a killed run left beside the files it was writing.
+
+    Call it holding the project lock: then no other rpcgen is writing, so every
+    such file is stale. Returns the removed paths, relative to ``root``.
+    """
+    removed: list[str] = []
+    folders = {PurePosixPath(rel).parent for rel in rels} | {PurePosixPath(".")}
+    for folder in sorted(folders):
+        try:
+            names = os.listdir(root / folder)
+        except OSError:
+            continue
+        for name in sorted(names):
+            if _TEMP.match(name):
+                (root / folder / name).unlink(missing_ok=True)
+                removed.append((folder / name).as_posix())
+    return removed
 
 
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename, so no reader sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.rpcgen-{os.getpid()}.tmp")
+    tmp = _temp_name(path)
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -380,15 +506,16 @@ def apply_plan(
     Raises :class:`ConflictsWritten` (exit 3) after writing if any file has conflicts.
     """
     for decision in plan.decisions:
+        target = check_inside(root, decision.path)  # again: the tree may have changed
         if decision.action is Action.DELETE:
-            (root / decision.path).unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
         elif decision.new is not None and decision.action in (
             Action.CREATE,
             Action.UPDATE,
             Action.MERGE,
             Action.CONFLICT,
         ):
-            write(root / decision.path, decision.new)
+            write(target, decision.new)
     write(root / LOCK_FILE, plan.lock.dumps())
     if plan.conflicts:
         raise ConflictsWritten(plan.conflicts, plan)

@@ -55,6 +55,7 @@ from .transport import Address, RPCProxy, request_shutdown, unix_socket_path
 __all__ = ["RPCServiceBase", "ServiceState"]
 
 ServerT = TypeVar("ServerT")
+_R = TypeVar("_R")
 _Service = TypeVar("_Service", bound="RPCServiceBase[Any]")
 
 
@@ -313,6 +314,25 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 reason=f"the service is {self._rpc_state.value}; call _initialize_service() first",
             )
         return cast(ServerT, proxy)
+
+    @property
+    def _server_proxy_untyped(self) -> Any:
+        """``_server_proxy`` typed as Any, for server methods that are not fully annotated.
+
+        Generated code calls those through it: a local variable there could take the
+        name of one of the method's parameters.
+        """
+        return self._server_proxy
+
+    @staticmethod
+    def _rpc_typed_as(method: Callable[..., _R], value: Any) -> _R:
+        """``value`` typed as ``method``'s declared return type.
+
+        Generated code returns an untyped server method's result through it, so the
+        method body names nothing but ``self``: any other name (``str``, ``cast``,
+        ``result``) could be one of the method's parameters.
+        """
+        return cast(_R, value)
 
     def _initialize_service(self) -> None:
         """Start the service: the server process and its client, or the direct server."""

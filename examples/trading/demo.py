@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "--start-method", choices=["fork", "spawn", "forkserver"], default=None
     )
     args = parser.parse_args(argv)
-    if args.data_dir is None:
+    made_here = args.data_dir is None
+    if made_here:
         args.data_dir = tempfile.mkdtemp(prefix="trading-data-")
     say(f"data dir: {args.data_dir}")
     try:
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AssertionError, TimeoutError) as exc:
         say(f"FAILED: {exc}")
         return 1
+    finally:
+        if made_here:  # ours to remove; a --data-dir given to us is the caller's
+            shutil.rmtree(args.data_dir, ignore_errors=True)
     return 0
 
 

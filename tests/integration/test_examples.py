@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,18 @@ def test_example_runs(module: str, tmp_path: Path) -> None:
     for line in expected:
         assert line in result.stdout, f"{line!r} missing from:\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr
+
+
+def test_the_trading_demo_removes_the_data_folder_it_made(tmp_path: Path) -> None:
+    """Without --data-dir it makes a temp folder; it must not leave it behind."""
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.trading.demo", "--free-ports"],
+        cwd=ROOT,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "data dir: " + str(tmp_path) in result.stdout
+    assert not list(tmp_path.glob("trading-data-*"))

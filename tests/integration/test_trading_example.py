@@ -84,3 +84,16 @@ def test_rpcgen_ps_shows_the_three_services_while_the_demo_runs(tmp_path: Path) 
         code, out = finish(demo, "\n", timeout=120)
         assert code == 0, out
         assert "shut down cleanly" in out
+
+
+def test_the_examples_tests_run_from_the_repo_root_too() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/trading/tests"],
+        cwd=ROOT,
+        env=clean_pytest_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout

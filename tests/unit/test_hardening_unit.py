@@ -48,6 +48,9 @@ SAMPLES: dict[str, Any] = {
     "SpecIssue": None,  # not an exception
     "ServerModuleError": ServerModuleError(path="s.py", service="S", reason="syntax error"),
     "ConflictsWritten": ConflictsWritten(["a.py", "b.py"]),
+    "LockError": generator_errors.LockError(file=".rpcgen.lock", reason="malformed"),
+    "PathOutsideProject": generator_errors.PathOutsideProject(path="tests", resolved="/elsewhere"),
+    "ProjectBusy": generator_errors.ProjectBusy(root="/p", waited_s=10.0),
 }
 
 

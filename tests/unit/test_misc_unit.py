@@ -99,3 +99,13 @@ def test_slack_payload_has_an_emoji_for_alerts(level: str) -> None:
 
     text = SlackWebhookNotifier("https://x.invalid/h").payload("m", level)["text"]
     assert text.startswith(":") and text.endswith(" m")
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = root.joinpath("README.md").read_text().split("```bash\n")
+    readme_test_command = blocks[2].split("\n```")[0].strip()
+    ci = root.joinpath(".ci", "run").read_text().splitlines()
+    assert readme_test_command in ci, readme_test_command
