@@ -10,13 +10,14 @@ import platform
 import sys
 from pathlib import Path
 
-from . import calls, generator, lifecycle, peers, registry
+from . import calls, generator, lifecycle, peers, registry, sharing
 from ._util import Row
 
 GROUPS = {
     "calls": calls.run,
     "lifecycle": lifecycle.run,
     "registry": registry.run,
+    "sharing": sharing.run,
     "generator": generator.run,
     "peers": peers.run,
 }

@@ -195,7 +195,7 @@ def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
 def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List running rpcgen server processes on this machine (found by their process title)."""
+    """List running rpcgen servers: by process title, with their directory generation."""
     import json
 
     from rpcgen.runtime.process import list_servers
@@ -208,13 +208,15 @@ def ps(
         typer.echo("no rpcgen servers running")
         return
     typer.echo(
-        f"{'service':<24} {'port':>5} {'pid':>7} {'ppid':>7} {'owner':>7} {'uptime':>9} {'rss':>9}"
+        f"{'service':<24} {'port':>5} {'pid':>7} {'ppid':>7} {'owner':>7} {'gen':>4} "
+        f"{'uptime':>9} {'rss':>9}"
     )
     for s in servers:
         owner = str(s.owner_pid) if s.owner_alive else f"{s.owner_pid}!"
         rss = f"{s.rss_bytes / 2**20:.1f}M"
+        gen = str(s.generation) if s.generation is not None else "-"
         typer.echo(
-            f"{s.service:<24} {s.port:>5} {s.pid:>7} {s.parent_pid:>7} {owner:>7} "
+            f"{s.service:<24} {s.port:>5} {s.pid:>7} {s.parent_pid:>7} {owner:>7} {gen:>4} "
             f"{_duration(s.uptime_s):>9} {rss:>9}"
         )
     if any(not s.owner_alive for s in servers):

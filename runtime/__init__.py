@@ -12,10 +12,12 @@ from .errors import (
     RemoteCallError,
     ServiceAuthenticationError,
     ServiceError,
+    ServiceNotFound,
     ServiceStopped,
     ServiceUnavailable,
     StartupError,
     StartupTimeout,
+    UnsafeBindError,
 )
 from .health import HealthPolicy, RestartPolicy
 from .notify import LoggingNotifier, NotificationDispatcher, Notifier, SlackWebhookNotifier
@@ -55,6 +57,7 @@ __all__ = [
     "ServiceError",
     "ServiceGraph",
     "ServiceNode",
+    "ServiceNotFound",
     "ServiceStartError",
     "ServiceState",
     "ServiceStopped",
@@ -63,6 +66,7 @@ __all__ = [
     "StartedServices",
     "StartupError",
     "StartupTimeout",
+    "UnsafeBindError",
     "cleanup_stale",
     "cleanup_stale_server",
     "find_listeners",

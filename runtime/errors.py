@@ -5,7 +5,8 @@ callers' existing ``except`` clauses already catch::
 
     ServiceError
     ├── ServiceUnavailable (ConnectionError)      server cannot be reached
-    │   └── CallTimeout (TimeoutError)            no reply within the call's timeout
+    │   ├── CallTimeout (TimeoutError)            no reply within the call's timeout
+    │   └── ServiceNotFound                       attach(): no such service runs here
     ├── ServiceAuthenticationError (multiprocessing.AuthenticationError)
     ├── RemoteCallError (RuntimeError)            server failed outside the method, or its
     │                                             exception cannot be rebuilt here
@@ -13,7 +14,10 @@ callers' existing ``except`` clauses already catch::
     │                                             ``__cause__`` of a server method's exception
     ├── StartupError (RuntimeError)               server process died before it was ready
     ├── StartupTimeout (TimeoutError)             server process never became ready
-    ├── PortInUseError (OSError)                  a foreign process listens on the port
+    ├── PortInUseError (OSError)                  a foreign process, or a live server of
+    │                                             the same service with a live owner, holds
+    │                                             the port
+    ├── UnsafeBindError (ValueError)              a network address without an authkey file
     ├── ServiceStopped (RuntimeError)             used after shutdown()
     └── NotPicklableError (TypeError)             direct-mode client pickled
 
@@ -42,10 +46,12 @@ __all__ = [
     "RemoteTraceback",
     "ServiceAuthenticationError",
     "ServiceError",
+    "ServiceNotFound",
     "ServiceStopped",
     "ServiceUnavailable",
     "StartupError",
     "StartupTimeout",
+    "UnsafeBindError",
 ]
 
 
@@ -101,6 +107,32 @@ class CallTimeout(TimeoutError, ServiceUnavailable):
             port=port,
             reason=f"{method}() got no reply within {timeout_s:g}s",
         )
+
+
+class ServiceNotFound(ServiceUnavailable):
+    """``attach()`` found no running service by that port or name on this host."""
+
+    def __init__(self, *, service: str | None, port: int | None, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        what = " ".join(
+            part
+            for part in (
+                f"named {service!r}" if service else "",
+                f"on port {port}" if port is not None else "",
+            )
+            if part
+        )
+        ServiceUnavailable.__init__(
+            self,
+            service=service or "?",
+            host="localhost",
+            port=port if port is not None else "?",
+            reason=f"no running service {what} was found within {timeout_s:g}s "
+            "(start its owner first; `rpcgen ps` lists what runs)",
+        )
+
+    def __str__(self) -> str:
+        return str(self.reason)
 
 
 class ServiceAuthenticationError(AuthenticationError, ServiceError):
@@ -194,15 +226,24 @@ class PortInUseError(OSError, ServiceError):
         port: int | str,
         pid: int | None,
         process_name: str | None,
+        owner_pid: int | None = None,
     ) -> None:
         self.service, self.host, self.port = service, host, port
-        self.pid, self.process_name = pid, process_name
+        self.pid, self.process_name, self.owner_pid = pid, process_name, owner_pid
         owner = f"pid {pid} ({process_name})" if pid is not None else "an unknown process"
         where = f"socket {port}" if host == "unix" else f"port {port} on {host}"
-        super().__init__(
-            f"{where} for service {service!r} is held by {owner}, which is not "
-            "a server of this service, so it was not touched; stop it or choose another port"
-        )
+        if owner_pid is not None:
+            message = (
+                f"{where} for service {service!r} is held by a live server of this service "
+                f"(pid {pid}) owned by the running process {owner_pid}, so it was not touched; "
+                f"use {service}.attach(port={port}) to share it, or choose another port"
+            )
+        else:
+            message = (
+                f"{where} for service {service!r} is held by {owner}, which is not "
+                "a server of this service, so it was not touched; stop it or choose another port"
+            )
+        super().__init__(message)
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -226,4 +267,17 @@ class NotPicklableError(TypeError, ServiceError):
         super().__init__(
             f"service {service!r} runs in direct mode (running_unit_tests=True), so its server "
             "object lives in this process and cannot be pickled; use RPC mode to share it"
+        )
+
+
+class UnsafeBindError(ValueError, ServiceError):
+    """A server would listen on a network address with no authkey file to share the key."""
+
+    def __init__(self, *, service: str, host: str) -> None:
+        self.service, self.host = service, host
+        super().__init__(
+            f"service {service!r}: host={host!r} exposes a pickle endpoint (code execution for "
+            "anyone with the key) to the network; pass authkey_file=PATH (a 0600 file, created "
+            "with a fresh key if missing) so that clients on other hosts share a key you "
+            "control, or keep the default host 127.0.0.1"
         )

@@ -102,7 +102,7 @@ class NotificationDispatcher:
         self._notifiers = notifiers
         self._log = logger
         self._maxsize = maxsize
-        self._queue: queue.Queue[tuple[str, str]] = queue.Queue(maxsize)
+        self._queue: queue.Queue[tuple[str, str]] | None = None  # made on first use
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -111,32 +111,39 @@ class NotificationDispatcher:
         if not self._notifiers:
             return
         with self._lock:
-            if self._pid != os.getpid():  # forked: the thread did not come along
+            if self._pid != os.getpid() or self._queue is None:  # first use, or forked:
+                # the thread did not come along
                 self._queue, self._thread, self._pid = queue.Queue(self._maxsize), None, os.getpid()
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rpcgen-notify", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._queue,), name="rpcgen-notify", daemon=True
+                )
                 self._thread.start()
+            pending = self._queue
         try:
-            self._queue.put_nowait((message, level))
+            pending.put_nowait((message, level))
         except queue.Full:
             self._log.error("notification dropped (notifier backlog full): %s", message)
 
-    def _run(self) -> None:
+    def _run(self, pending: queue.Queue[tuple[str, str]]) -> None:
         while True:
-            message, level = self._queue.get()
+            message, level = pending.get()
             for notifier in self._notifiers:
                 try:
                     notifier.send_message(message, level=level)
                 except Exception as exc:
                     self._log.error("notifier %r failed: %r", notifier, exc)
-            self._queue.task_done()
+            pending.task_done()
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait (bounded) until every queued message was handed to the notifiers."""
+        pending = self._queue
+        if pending is None:
+            return True
         deadline = time.monotonic() + timeout_s
-        done = self._queue.all_tasks_done
+        done = pending.all_tasks_done
         with done:
-            while self._queue.unfinished_tasks:
+            while pending.unfinished_tasks:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

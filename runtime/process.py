@@ -123,6 +123,15 @@ def _gone(pid: int, create_time: float | None) -> bool:
         return True
 
 
+def _same_user(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).uids().real == os.getuid())
+    except psutil.Error:
+        return True  # gone meanwhile: nothing to kill, nothing to protect
+
+
 def unix_socket_in_use(path: str) -> bool:
     """True if something accepts connections on the Unix socket ``path``."""
     if not os.path.exists(path):
@@ -209,10 +218,13 @@ def cleanup_stale(
     """Make ``address`` (TCP or Unix socket) free for ``service``; return the stopped pids.
 
     A listener whose process title marks it as a server of this same service is
-    stale: it gets SIGTERM, then SIGKILL after ``timeout_s`` (only if it is still
-    the same process, by pid and create time). Any other listener raises
-    :class:`PortInUseError` and nothing is killed. A Unix socket file that nobody
-    listens on is removed.
+    stale if its owner is gone (exited, or a zombie) or is this process: it gets
+    SIGTERM, then SIGKILL after ``timeout_s`` (only if it is still the same
+    process, by pid and create time, and belongs to this user). A server of this
+    service whose owner is alive is somebody's live server: :class:`PortInUseError`
+    naming its owner (``attach()`` shares it). Any other listener raises
+    :class:`PortInUseError` too, and nothing is killed. A Unix socket file that
+    nobody listens on is removed.
     """
     log = logger or logging.getLogger(f"rpcgen.{service}")
     host, port = describe(address)
@@ -236,6 +248,20 @@ def cleanup_stale(
                 process_name=" ".join(listener.cmdline) or listener.name,
             )
         pid = listener.pid
+        owner = title.owner_pid
+        if owner and owner != os.getpid() and not _gone(owner, None):
+            raise PortInUseError(
+                service=service,
+                host=host,
+                port=port,
+                pid=pid,
+                process_name=listener.name,
+                owner_pid=owner,
+            )
+        if not _same_user(pid):
+            raise PortInUseError(
+                service=service, host=host, port=port, pid=pid, process_name=listener.name
+            )
         log.warning(
             "stopping stale %s server on %s:%s (pid %d, owner pid %d)",
             service,
@@ -353,9 +379,12 @@ class ServerProcess:
     owner_alive: bool
     uptime_s: float
     rss_bytes: int
+    #: its start generation in the service directory (None: not published there)
+    generation: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "generation": self.generation,
             "service": self.service,
             "pid": self.pid,
             "port": self.port,
@@ -368,9 +397,18 @@ class ServerProcess:
 
 
 def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
-    """Every rpcgen server process on this machine (that we may inspect), by service and port."""
+    """Every rpcgen server process on this machine (that we may inspect), by service and port.
+
+    Found by process title; the service directory adds each one's start generation.
+    """
     import psutil
 
+    from .directory import entries
+
+    try:
+        published = {e.pid: e for e in entries()}
+    except OSError:
+        published = {}
     found: list[ServerProcess] = []
     now = clock()
     for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "memory_info"]):
@@ -393,6 +431,7 @@ def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
                 owner_alive=owner_alive,
                 uptime_s=max(0.0, now - (info.get("create_time") or now)),
                 rss_bytes=memory.rss if memory is not None else 0,
+                generation=published[proc.pid].generation if proc.pid in published else None,
             )
         )
     return sorted(found, key=lambda s: (s.service, s.port, s.pid))

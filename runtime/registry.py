@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .errors import ServiceError
 from .service import RPCServiceBase
@@ -229,6 +229,37 @@ class ServiceGraph:
         if cleanup_on_signals:
             _install_signal_handlers()
         return result
+
+    def attach(
+        self,
+        handle: type[_H],
+        *,
+        ports: Mapping[str, int] | None = None,
+        timeout_s: float = 10.0,
+        **common: Any,
+    ) -> _H:
+        """Clients of every service of the graph, already running and owned elsewhere.
+
+        Each is found in the service directory by its name (and port, if given in
+        ``ports``) with :meth:`RPCServiceBase.attach`; a dependency's client is set
+        on its dependent, as ``start()`` passes it. Their ``shutdown()`` closes only
+        their own connections.
+        """
+        ports = ports or {}
+        clients: dict[str, RPCServiceBase[Any]] = {}
+        for tier in self._tiers:
+            for node in tier:
+                client_class = cast(type[RPCServiceBase[Any]], node.client)
+                client = client_class.attach(
+                    service_name=node.name, port=ports.get(node.name), timeout_s=timeout_s, **common
+                )
+                for dep in node.depends_on:
+                    setattr(client, self.nodes[dep].attr, clients[dep])
+                clients[node.name] = client
+        order = [node.name for tier in self._tiers for node in tier]
+        return handle(
+            {self.nodes[n].attr: clients[n] for n in order}, [self.nodes[n].attr for n in order]
+        )
 
 
 class _Failed(Exception):

@@ -1,4 +1,4 @@
-"""RPCServiceBase: one object that owns a server process and a client for it.
+"""RPCServiceBase: a client for a server object in its own process, and maybe its owner.
 
 Lifecycle (``ServiceState``)::
 
@@ -7,13 +7,17 @@ Lifecycle (``ServiceState``)::
      │ running_unit_tests=True                    ▼  │ (restart went through)
      └──────────────> DIRECT                   RESTARTING ──(gave up)──> FAILED
 
-A client unpickled in another process is RUNNING but does not own the server:
-it never stops or restarts it.
+The process that started the server *owns* it: it restarts it and stops it. Any
+other client (``attach()``-ed, unpickled, or a forked copy) is RUNNING too, but
+its ``shutdown()`` closes only its own connections. The service's key stays the
+same across restarts, so every client reconnects after one (see
+:mod:`rpcgen.runtime.sharing` and :mod:`rpcgen.runtime.directory`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
 import logging
 import multiprocessing
@@ -26,9 +30,11 @@ from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
+from . import directory
 from .direct import PicklingProxy
 from .errors import (
     CallTimeout,
@@ -37,19 +43,14 @@ from .errors import (
     ServiceError,
     ServiceStopped,
     ServiceUnavailable,
+    UnsafeBindError,
 )
-from .health import (
-    Action,
-    FailureKind,
-    FlapGuard,
-    HealthPolicy,
-    HealthTracker,
-    RestartPolicy,
-    backoff_delay,
-)
+from .health import FailureKind, HealthPolicy, RestartPolicy, backoff_delay
 from .notify import NotificationDispatcher, Notifier
 from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
 from .serve import DEFAULT_HANDSHAKE_TIMEOUT_S, ReadySignal, serve_rpc
+from .sharing import is_loopback, locate, stop_hung_server, wait_until_published
+from .supervise import HEALTHY, Probe, RestartOutcome, Supervisor, watch_process
 from .transport import Address, RPCProxy, request_shutdown, unix_socket_path
 
 __all__ = ["RPCServiceBase", "ServiceState"]
@@ -90,17 +91,19 @@ def _shutdown_services_at_exit() -> None:
         service._shutdown_if_owner()
 
 
-def _disown_servers_in_child() -> None:
+def _after_fork_in_child() -> None:
     # os.fork() copies multiprocessing's set of children; if this child later exits
     # normally, multiprocessing's atexit terminates every daemonic "child" in it,
-    # i.e. the parent's servers. They are not ours to stop.
+    # i.e. the parent's servers. They are not ours to stop. And the copies of the
+    # parent's clients here are non-owners now: they follow restarts like one.
     for service in list(_LIVE_SERVICES):
         process = service._rpc_process
         if process is not None:
             mp_process._children.discard(process)  # type: ignore[attr-defined]
+        service._rpc_become_follower()
 
 
-os.register_at_fork(after_in_child=_disown_servers_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _monitor_loop(
@@ -125,10 +128,9 @@ _TRANSIENT = (
     "_rpc_direct",
     "_rpc_monitor",
     "_rpc_monitor_stop",
-    "_rpc_dispatcher",
-    "_rpc_tracker",
-    "_rpc_flap",
-    "_rpc_flap_notified",
+    "_rpc_watcher",
+    "_rpc_dispatcher_obj",
+    "_rpc_supervisor_obj",
     "_rpc_log",
 )
 
@@ -144,6 +146,10 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     The server object is called from several threads at once: BaseManager serves
     each client connection (one per client thread) in its own thread.
     """
+
+    #: Generated clients set these, so that ``attach()`` needs no arguments.
+    rpc_service_name: str | None = None
+    rpc_default_port: int | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -180,18 +186,22 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         transport: str = "tcp",
         socket_dir: str | os.PathLike[str] | None = None,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        authkey_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not service_name or not service_name.replace("_", "a").replace(".", "a").isalnum():
             raise ValueError(f"service_name must be an identifier, got {service_name!r}")
         if not 0 < port < 65536:
             raise ValueError(f"port must be 1-65535 for service {service_name!r}, got {port}")
+        if transport not in ("tcp", "unix"):
+            raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
+        if transport == "tcp" and not is_loopback(host) and authkey_file is None:
+            raise UnsafeBindError(service=service_name, host=host)
         self.service_name = service_name
         self.port = port
         self.host = host
-        if transport not in ("tcp", "unix"):
-            raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
         self.transport = transport
         self.socket_dir = os.fspath(socket_dir) if socket_dir is not None else None
+        self.authkey_file = os.fspath(authkey_file) if authkey_file is not None else None
         self.running_unit_tests = running_unit_tests
         self.enable_health_check = enable_health_check
         self.health_check_interval_s = health_check_interval_s
@@ -219,6 +229,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self._rpc_owner_pid: int | None = None
         self._rpc_server_pid: int | None = None
         self._rpc_authkey: _Secret | None = None
+        #: (server pid, start generation) of the server this client last reached
+        self._rpc_seen: tuple[int, int] = (0, 0)
         self._rpc_init_transient()
 
     def _rpc_init_transient(self) -> None:
@@ -232,11 +244,33 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self._rpc_direct: Any = None
         self._rpc_monitor: threading.Thread | None = None
         self._rpc_monitor_stop: threading.Event | None = None
-        notifiers = [n for n in (self.notifier, self.slack_notifier) if n is not None]
-        self._rpc_dispatcher = NotificationDispatcher(notifiers, self._rpc_log)
-        self._rpc_tracker = HealthTracker(self.health_policy)
-        self._rpc_flap = FlapGuard(self.restart_policy)
-        self._rpc_flap_notified = False
+        self._rpc_watcher: tuple[threading.Thread, threading.Event, int, int] | None = None
+        # Made on first use: many clients (attached ones above all) never need them.
+        self._rpc_dispatcher_obj: NotificationDispatcher | None = None
+        self._rpc_supervisor_obj: Supervisor | None = None
+
+    @property
+    def _rpc_dispatcher(self) -> NotificationDispatcher:
+        if self._rpc_dispatcher_obj is None:
+            notifiers = [n for n in (self.notifier, self.slack_notifier) if n is not None]
+            self._rpc_dispatcher_obj = NotificationDispatcher(notifiers, self._rpc_log)
+        return self._rpc_dispatcher_obj
+
+    @property
+    def _rpc_supervisor(self) -> Supervisor:
+        if self._rpc_supervisor_obj is None:
+            self._rpc_supervisor_obj = Supervisor(
+                name=self.service_name,
+                health=self.health_policy,
+                restart=self.restart_policy,
+                probe=lambda: self._rpc_probe(),
+                on_unhealthy=lambda reason: self._rpc_on_unhealthy(reason),
+                notify=self._rpc_notify,
+                log=self._rpc_log,
+                clock=self._clock,
+                sleep=self._sleep,
+            )
+        return self._rpc_supervisor_obj
 
     # -- subclass hooks (the seed's API) --------------------------------------------
 
@@ -281,6 +315,56 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
 
     # -- public API -----------------------------------------------------------------
 
+    @classmethod
+    def attach(
+        cls: type[_Service],
+        *,
+        port: int | None = None,
+        service_name: str | None = None,
+        host: str | None = None,
+        authkey_file: str | os.PathLike[str] | None = None,
+        timeout_s: float = 10.0,
+        **options: Any,
+    ) -> _Service:
+        """A client of a running service that this process does not own.
+
+        On this host the service is found in the service directory by ``port``
+        and/or ``service_name`` (default: the class's ``rpc_service_name``); on
+        another host give ``host``, ``port`` and ``authkey_file``. Raises
+        :class:`~rpcgen.runtime.errors.ServiceNotFound` within ``timeout_s`` if
+        none runs. Its ``shutdown()`` closes only its own connections. The class's
+        ``__init__`` is not called, so any client class works, generated or not.
+        """
+        name = service_name or cls.rpc_service_name
+        found = locate(  # by name on any port, unless a port is given (or there is no name)
+            port=port if port is not None or name else cls.rpc_default_port,
+            service=name,
+            host=host,
+            authkey_file=authkey_file,
+            timeout_s=timeout_s,
+        )
+        client: _Service = cls.__new__(cls)
+        if isinstance(found.address, str):
+            options.update(transport="unix", socket_dir=os.path.dirname(found.address))
+        else:
+            options["host"] = found.address[0]
+        RPCServiceBase.__init__(
+            client, found.service, found.port, authkey_file=authkey_file, **options
+        )
+        client._rpc_owner_pid = -1
+        client._rpc_authkey = _Secret(found.key)
+        if found.entry is not None:
+            client._rpc_seen = (found.entry.pid, found.entry.generation)
+            client._rpc_server_pid = found.entry.pid
+        client._rpc_state = ServiceState.RUNNING
+        client._rpc_proxy = client._rpc_new_proxy(found.key)
+        try:
+            client._rpc_proxy._rpc_connection(wait_ready=False)
+        except ServiceUnavailable:  # a stale entry, or a restart under way: wait for it
+            client._rpc_connect(client._rpc_proxy, None, timeout_s)
+        client._rpc_log.info("%s attached at %s", found.service, client._rpc_label())
+        return client
+
     @property
     def state(self) -> ServiceState:
         return self._rpc_state
@@ -291,6 +375,11 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         if self._rpc_state in (ServiceState.RUNNING, ServiceState.RESTARTING):
             return self._rpc_server_pid
         return None
+
+    @property
+    def is_owner(self) -> bool:
+        """True in the process that started the server (and restarts and stops it)."""
+        return self._rpc_owner_pid == os.getpid()
 
     @property
     def address(self) -> Address:
@@ -350,15 +439,22 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 self._rpc_start_server()
             except BaseException:
                 self._rpc_state = ServiceState.FAILED
+                self._rpc_forget_key()
                 raise
             self._rpc_state = ServiceState.RUNNING
             _LIVE_SERVICES.add(self)
+        if self.enable_health_check and self.enable_auto_restart:
+            self._rpc_start_watcher()
         if self._rpc_health_monitor and self.enable_health_check:
             self.start_health_monitor()
 
     def shutdown(self) -> None:
-        """Stop the health monitor, close every connection, stop the server. Idempotent."""
+        """Stop the health monitor, close every connection; the owner also stops the server.
+
+        Idempotent. A client that does not own its server closes only its connections.
+        """
         self.stop_health_monitor()
+        self._rpc_stop_watcher()
         with self._rpc_lifecycle_lock:
             state = self._rpc_state
             if state in (ServiceState.STOPPED, ServiceState.NEW):
@@ -368,34 +464,46 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             self._rpc_direct = None
             if self._rpc_proxy is not None:
                 self._rpc_proxy._rpc_close()
-            self._rpc_stop_server_process()
+            if self.is_owner:
+                self._rpc_stop_server_process()
+                self._rpc_forget_key()
             _LIVE_SERVICES.discard(self)
-        self._rpc_dispatcher.flush(timeout_s=1.0)
+        if self._rpc_dispatcher_obj is not None:
+            self._rpc_dispatcher_obj.flush(timeout_s=1.0)
         self._rpc_log.info("%s shut down", self.service_name)
 
     def restart(self) -> bool:
         """Restart the server now (and re-arm the flapping guard). True if it is back."""
         with self._rpc_lifecycle_lock:
-            self._rpc_flap.reset()
-            self._rpc_flap_notified = False
+            self._rpc_supervisor.reset_flapping()
             return self._rpc_restart_server("manual restart")
+
+    def rotate_authkey(self) -> bool:
+        """Owner: restart the server with a new key. Attached clients must attach again."""
+        if not self.is_owner:
+            raise ServiceError(f"only the owner of {self.service_name!r} can rotate its key")
+        with self._rpc_lifecycle_lock:
+            self._rpc_forget_key()
+            return self._rpc_restart_server("authkey rotated")
 
     def health_check(self, current_time_ms: float | None = None) -> bool:
         """Check the server's health, at most once per ``health_check_interval_s``.
 
         Returns the last result while rate limited (never "healthy" while
         failing). Counts consecutive failures and, at ``max_consecutive_failures``,
-        restarts the server or (auto-restart off) asks for manual intervention.
-        Never raises.
+        restarts the server (the owner), stops a hung server so that its owner
+        restarts it (any other client), or, with auto-restart off, asks for manual
+        intervention. Never raises.
         """
         try:
             if not self.enable_health_check:
                 return True
             now_ms = self._rpc_now_ms(current_time_ms)
             with self._rpc_health_lock:
-                if not self._rpc_tracker.due(now_ms):
-                    return self._rpc_tracker.healthy
-                return self._rpc_run_check(now_ms)
+                tracker = self._rpc_supervisor.tracker
+                if not tracker.due(now_ms):
+                    return tracker.healthy
+                return self._rpc_supervisor.check(now_ms)
         except Exception:
             self._rpc_log.exception("health check of %s failed unexpectedly", self.service_name)
             return False
@@ -443,13 +551,15 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     ) -> None:
         self.shutdown()
 
+    def _rpc_label(self) -> str:
+        return f"unix:{self.address}" if self.transport == "unix" else f"{self.host}:{self.port}"
+
     def __repr__(self) -> str:
         mode = "direct" if self.running_unit_tests else "rpc"
         pid = f" pid={self.server_pid}" if self.server_pid else ""
-        where = f"unix:{self.address}" if self.transport == "unix" else f"{self.host}:{self.port}"
         return (
             f"<{type(self).__name__} service={self.service_name!r} mode={mode} "
-            f"state={self._rpc_state.value} address={where}{pid}>"
+            f"state={self._rpc_state.value} address={self._rpc_label()}{pid}>"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -468,19 +578,16 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # An attached client: it talks to the existing server and never owns it.
+        # A client of the existing server, which it never owns; it follows restarts.
         self.__dict__.update(state)
         self._rpc_init_transient()
         self._rpc_owner_pid = -1
         assert self._rpc_authkey is not None
         self._rpc_proxy = self._rpc_new_proxy(self._rpc_authkey.value)
 
-    def _rpc_is_owner(self) -> bool:
-        return self._rpc_owner_pid == os.getpid()
-
     def _shutdown_if_owner(self) -> None:
         # A forked child inherits this object: it must never stop its parent's server.
-        if self._rpc_is_owner():
+        if self.is_owner:
             self.shutdown()
         elif self._rpc_proxy is not None:
             self._rpc_proxy._rpc_close()
@@ -495,6 +602,82 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         except Exception:
             pass
 
+    # -- internals: keys, the directory, following restarts ----------------------------
+
+    def _rpc_key(self) -> bytes:
+        """The service's key: made (or read from ``authkey_file``) once, kept across restarts."""
+        if self._rpc_authkey is None:
+            if self.authkey_file is not None:
+                key = directory.load_or_create_key(self.authkey_file)
+            else:
+                key = secrets.token_bytes(directory.KEY_BYTES)
+                directory.write_key(self._rpc_key_path(), key)
+            self._rpc_authkey = _Secret(key)
+        return self._rpc_authkey.value
+
+    def _rpc_key_path(self) -> Path:
+        if self.authkey_file is not None:
+            return Path(self.authkey_file)
+        return directory.directory_folder() / f"{self.service_name}-{self.port}.key"
+
+    def _rpc_forget_key(self) -> None:
+        if self.authkey_file is None and self._rpc_authkey is not None:
+            self._rpc_key_path().unlink(missing_ok=True)
+        self._rpc_authkey = None
+
+    def _rpc_publish(self, process: BaseProcess) -> None:
+        import psutil
+
+        pid = int(process.pid or 0)
+        generation = self._rpc_seen[1] + 1
+        address = self.address
+        directory.publish(
+            directory.DirectoryEntry(
+                service=self.service_name,
+                host=self.host,
+                port=self.port,
+                address=address if isinstance(address, str) else list(address),
+                pid=pid,
+                create_time=psutil.Process(pid).create_time(),
+                owner_pid=os.getpid(),
+                generation=generation,
+                key_file=str(self._rpc_key_path()),
+                start_ticks=(directory.proc_stat(pid) or ("", 0))[1],
+            )
+        )
+        self._rpc_seen = (pid, generation)
+
+    def _rpc_follow(self, timeout_s: float) -> bool:
+        """Non-owner: wait (bounded) until the server is published live; note a restart."""
+        if not is_loopback(self.host) and self.transport == "tcp":
+            return True  # another host: no directory here; connecting is the only test
+        entry = wait_until_published(self.service_name, self.port, timeout_s)
+        if entry is None:
+            return False
+        if (entry.pid, entry.generation) != self._rpc_seen:
+            self._rpc_seen = (entry.pid, entry.generation)
+            self._rpc_server_pid = entry.pid
+            proxy = self._rpc_proxy
+            key = directory.read_key(entry.key_file)
+            if (
+                proxy is not None
+                and self._rpc_authkey is not None
+                and key != self._rpc_authkey.value
+            ):
+                self._rpc_authkey = _Secret(key)  # rotated by its owner
+                proxy._rpc_rebind(proxy._rpc_address, key)
+        return True
+
+    def _rpc_become_follower(self) -> None:
+        """In a forked child: this copy no longer owns the server; it follows it."""
+        watcher, self._rpc_watcher = self._rpc_watcher, None
+        if watcher is not None:  # its thread is not in this process; its pipe is a copy
+            os.close(watcher[2])
+            os.close(watcher[3])
+        self._rpc_monitor = self._rpc_monitor_stop = None
+        if self._rpc_proxy is not None:
+            self._rpc_proxy._rpc_wait_ready = self._rpc_follow
+
     # -- internals: start / stop ------------------------------------------------------
 
     def _rpc_new_proxy(self, authkey: bytes) -> RPCProxy:
@@ -503,10 +686,10 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             address=self.address,
             authkey=authkey,
             connect_timeout_s=self.connect_timeout_s,
-            wait_ready=self._rpc_not_restarting.wait,
+            wait_ready=self._rpc_not_restarting.wait if self.is_owner else self._rpc_follow,
         )
 
-    def _rpc_start_server(self) -> None:
+    def _rpc_start_server(self) -> int | None:
         address = self.address
         cleanup_stale(
             self.service_name,
@@ -516,8 +699,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             clock=self._clock,
             sleep=self._sleep,
         )
-        authkey = secrets.token_bytes(32)  # fresh for every start
         self._rpc_owner_pid = os.getpid()
+        authkey = self._rpc_key()
         ready = ReadySignal(multiprocessing.get_context(self._rpc_start_method))
         try:
             process = self._start_server_process(address, authkey, ready)
@@ -542,34 +725,36 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             ready.close()
         self._rpc_process = process
         self._rpc_server_pid = process.pid
-        self._rpc_authkey = _Secret(authkey)
         if self._rpc_proxy is None:
             self._rpc_proxy = self._rpc_new_proxy(authkey)
         else:
             self._rpc_proxy._rpc_rebind(address, authkey)
         self._rpc_log.info(
-            "%s server started (pid %s) on %s:%d", self.service_name, process.pid, *address
+            "%s server started (pid %s) on %s", self.service_name, process.pid, self._rpc_label()
         )
         try:
-            self._rpc_connect(self._rpc_proxy, process)
+            self._rpc_connect(self._rpc_proxy, process, self.connect_timeout_s)
+            self._rpc_publish(process)
         except BaseException:
             self._rpc_stop_server_process()
             raise
+        self._rpc_wake_watcher()
+        return process.pid
 
-    def _rpc_connect(self, proxy: RPCProxy, process: BaseProcess) -> None:
+    def _rpc_connect(self, proxy: RPCProxy, process: BaseProcess | None, timeout_s: float) -> None:
         """Open this thread's connection, retrying with backoff under a deadline."""
-        deadline = self._clock() + self.connect_timeout_s
+        deadline = self._clock() + timeout_s
         attempt = 0
         while True:
             try:
-                proxy._rpc_connection(wait_ready=False)  # we are the start/restart
+                proxy._rpc_connection(wait_ready=False)  # we are the start/restart/attach
                 return
             except ServiceAuthenticationError:
                 raise
             except ServiceUnavailable:
                 attempt += 1
                 remaining = deadline - self._clock()
-                if remaining <= 0 or process.exitcode is not None:
+                if remaining <= 0 or (process is not None and process.exitcode is not None):
                     raise
                 self._sleep(
                     min(remaining, backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.5))
@@ -577,7 +762,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
 
     def _rpc_stop_server_process(self) -> None:
         process, self._rpc_process = self._rpc_process, None
-        if process is None or not self._rpc_is_owner():
+        if process is None or not self.is_owner:
             return
         authkey = self._rpc_authkey.value if self._rpc_authkey else None
         address = self.address
@@ -592,6 +777,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             process, join_timeout_s=self.shutdown_timeout_s, graceful=graceful, logger=self._rpc_log
         )
         self._rpc_log.debug("%s server pid %s exited with %s", self.service_name, process.pid, code)
+        directory.withdraw(self.service_name, self.port, int(process.pid or 0))
         process.close()
         if not wait_address_free(
             address, timeout_s=self.shutdown_timeout_s, clock=self._clock, sleep=self._sleep
@@ -600,78 +786,79 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         elif isinstance(address, str) and os.path.exists(address):
             os.unlink(address)  # the server was killed before it could remove its socket
 
-    def _rpc_restart_server(self, reason: str) -> bool:
-        if not self._rpc_is_owner():
+    def _rpc_restart_server(self, reason: str, failed: tuple[int, int] | None = None) -> bool:
+        """Restart (owner only). ``failed``: the server seen failing; if another has
+        replaced it meanwhile (the watcher and a health check both saw it die), done."""
+        if not self.is_owner:
             self._rpc_log.warning(
-                "%s is unhealthy but this process does not own its server; not restarting",
-                self.service_name,
+                "%s: only the process that owns its server restarts it", self.service_name
             )
             return False
         with self._rpc_lifecycle_lock:
             if self._rpc_state in (ServiceState.STOPPED, ServiceState.DIRECT, ServiceState.NEW):
                 return False
+            if failed is not None and failed != self._rpc_seen:
+                return self._rpc_state is ServiceState.RUNNING
             self._rpc_not_restarting.clear()
             self._rpc_state = ServiceState.RESTARTING
             try:
-                return self._rpc_restart_attempts(reason)
+                outcome = self._rpc_supervisor.restart(reason, self._rpc_restart_once)
             finally:
                 self._rpc_not_restarting.set()
+            ok = outcome is RestartOutcome.RESTARTED
+            self._rpc_state = ServiceState.RUNNING if ok else ServiceState.FAILED
+            return ok
 
-    def _rpc_restart_attempts(self, reason: str) -> bool:
-        policy = self.restart_policy
-        last_error: BaseException | None = None
-        for attempt in range(1, policy.max_attempts + 1):
-            now = self._clock()
-            if not self._rpc_flap.allow(now):
-                self._rpc_state = ServiceState.FAILED
-                if not self._rpc_flap_notified:
-                    self._rpc_flap_notified = True
-                    self._rpc_notify(
-                        f"{self.service_name} is flapping: {policy.flap_max_restarts} restarts "
-                        f"within {policy.flap_window_s:g}s. Auto-restart stopped; fix the server "
-                        "and call restart().",
-                        "critical",
-                    )
-                return False
-            delay = self._rpc_flap.delay(now)
-            if delay > 0:
-                self._rpc_log.info(
-                    "%s: waiting %.2fs before restart (backoff)", self.service_name, delay
-                )
-                self._sleep(delay)
-            self._rpc_flap.record(self._clock())
-            self._rpc_log.warning(
-                "restarting %s (attempt %d/%d): %s",
-                self.service_name,
-                attempt,
-                policy.max_attempts,
-                reason,
-            )
-            try:
-                self._rpc_stop_server_process()
-                self._rpc_start_server()
-            except ServiceError as exc:
-                last_error = exc
-                self._rpc_log.error(
-                    "restart attempt %d of %s failed: %s", attempt, self.service_name, exc
-                )
-                continue
-            self._rpc_state = ServiceState.RUNNING
-            self._rpc_notify(
-                f"{self.service_name} server restarted (pid {self._rpc_server_pid}) "
-                f"after: {reason}",
-                "warning",
-            )
-            return True
-        self._rpc_state = ServiceState.FAILED
-        self._rpc_notify(
-            f"{self.service_name} could not be restarted after {policy.max_attempts} "
-            f"attempts: {last_error}",
-            "error",
+    def _rpc_restart_once(self) -> int | None:
+        self._rpc_stop_server_process()
+        return self._rpc_start_server()
+
+    # -- internals: supervision -----------------------------------------------------------
+
+    def _rpc_start_watcher(self) -> None:
+        """Owner: a thread that restarts the server as soon as its process dies."""
+        if self._rpc_watcher is not None or not self.is_owner:
+            return
+        wake_r, wake_w = os.pipe()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=watch_process,
+            args=(weakref.ref(self), wake_r, stop),
+            name=f"rpcgen-watch-{self.service_name}",
+            daemon=True,
         )
-        return False
+        self._rpc_watcher = (thread, stop, wake_r, wake_w)
+        thread.start()
 
-    # -- internals: health --------------------------------------------------------------
+    def _rpc_wake_watcher(self) -> None:
+        watcher = self._rpc_watcher
+        if watcher is not None:
+            with contextlib.suppress(OSError):
+                os.write(watcher[3], b"x")
+
+    def _rpc_stop_watcher(self) -> None:
+        watcher, self._rpc_watcher = self._rpc_watcher, None
+        if watcher is None:
+            return
+        thread, stop, wake_r, wake_w = watcher
+        stop.set()
+        os.write(wake_w, b"x")
+        if thread is not threading.current_thread():
+            thread.join(self.start_timeout_s + 5.0)
+        os.close(wake_w)
+        os.close(wake_r)
+
+    def _rpc_watch_target(self) -> BaseProcess | None:
+        return self._rpc_process if self._rpc_state is ServiceState.RUNNING else None
+
+    def _rpc_on_process_exit(self, process: BaseProcess) -> None:
+        with self._rpc_lifecycle_lock:
+            if process is not self._rpc_process or self._rpc_state is not ServiceState.RUNNING:
+                return  # stopped or restarted meanwhile
+            code, seen = process.exitcode, self._rpc_seen
+        self._rpc_supervisor.tracker.record_failure(self._rpc_now_ms(None), fatal=True)
+        if self._rpc_restart_server(f"server process exited (exit code {code})", seen):
+            self._rpc_supervisor.tracker.restarted()
 
     def _rpc_now_ms(self, current_time_ms: float | None) -> float:
         return float(current_time_ms) if current_time_ms is not None else self._clock() * 1000.0
@@ -679,23 +866,29 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     def _monitor_tick(self) -> None:
         try:
             with self._rpc_health_lock:
-                self._rpc_run_check(self._rpc_now_ms(None))
+                self._rpc_supervisor.check(self._rpc_now_ms(None))
         except Exception:
             self._rpc_log.exception("health monitor of %s failed unexpectedly", self.service_name)
 
-    def _rpc_probe(self) -> tuple[FailureKind | None, str, bool]:
-        """One check: (failure kind or None, detail, fatal)."""
-        state = self._rpc_state
-        if state is ServiceState.DIRECT:
+    def _rpc_probe(self) -> Probe:
+        """One health check."""
+        self._rpc_probed = self._rpc_seen
+        if self._rpc_state is ServiceState.DIRECT:
             target: Any = self._rpc_direct
         else:
+            if self.is_owner and not self._rpc_not_restarting.is_set():
+                # The watcher is restarting a dead server: judge the new one.
+                self._rpc_not_restarting.wait(self.start_timeout_s + self.connect_timeout_s)
+                self._rpc_probed = self._rpc_seen
             process = self._rpc_process
-            if self._rpc_is_owner() and (process is None or process.exitcode is not None):
+            if self.is_owner and (process is None or process.exitcode is not None):
                 code = process.exitcode if process is not None else None
-                return FailureKind.TRANSPORT, f"server process is gone (exit code {code})", True
+                return Probe(
+                    FailureKind.TRANSPORT, f"server process is gone (exit code {code})", True
+                )
             target = self._rpc_proxy
             if target is None:
-                return FailureKind.TRANSPORT, f"service is {state.value}", True
+                return Probe(FailureKind.TRANSPORT, f"service is {self._rpc_state.value}", True)
         try:
             if isinstance(target, RPCProxy):
                 result = target._rpc_call(
@@ -704,53 +897,41 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             else:
                 result = target.health_check_rpc()
         except CallTimeout as exc:
-            return FailureKind.TRANSPORT, exc.reason, False
+            return Probe(FailureKind.TRANSPORT, exc.reason)
         except (ServiceUnavailable, ServiceStopped) as exc:
             # A reset connection usually means the process is dying. After SIGKILL the
             # thread-group leader shows as a zombie before its other threads are gone,
             # and cannot be reaped until they are: give it a moment, then look again.
             process = self._rpc_process
-            if self._rpc_is_owner() and process is not None:
+            if self.is_owner and process is not None:
                 process.join(0.2)
                 if process.exitcode is not None:
                     detail = f"server process is gone (exit code {process.exitcode})"
-                    return FailureKind.TRANSPORT, detail, True
+                    return Probe(FailureKind.TRANSPORT, detail, True)
             reason = exc.reason if isinstance(exc, ServiceUnavailable) else str(exc)
-            return FailureKind.TRANSPORT, reason, False
+            return Probe(FailureKind.TRANSPORT, reason)
         except Exception as exc:
-            return FailureKind.REMOTE, f"health_check_rpc raised {exc!r}", False
+            return Probe(FailureKind.REMOTE, f"health_check_rpc raised {exc!r}")
         status = result.get("status") if isinstance(result, dict) else None
         if status != "ok":
-            return FailureKind.STATUS, f"health_check_rpc returned {result!r}", False
-        return None, "", False
+            return Probe(FailureKind.STATUS, f"health_check_rpc returned {result!r}")
+        return HEALTHY
 
-    def _rpc_run_check(self, now_ms: float) -> bool:
-        tracker = self._rpc_tracker
-        kind, detail, fatal = self._rpc_probe()
-        if kind is None:
-            if tracker.record_success(now_ms):
-                self._rpc_log.info("%s recovered", self.service_name)
-                self._rpc_notify(f"{self.service_name} recovered and is healthy again", "success")
-            return True
-        action = tracker.record_failure(now_ms, fatal=fatal)
-        self._rpc_log.warning(
-            "%s health check failed [%s] (%d/%d consecutive): %s",
+    def _rpc_on_unhealthy(self, reason: str) -> bool:
+        """At the threshold: the owner restarts; another client stops a hung server."""
+        if self.is_owner:
+            return self._rpc_restart_server(reason, getattr(self, "_rpc_probed", None))
+        if self.transport == "tcp" and not is_loopback(self.host):
+            self._rpc_log.warning("%s on another host is unhealthy: %s", self.service_name, reason)
+            return False
+        return stop_hung_server(
             self.service_name,
-            kind.value,
-            tracker.consecutive_failures,
-            self.health_policy.max_consecutive_failures,
-            detail,
+            self.port,
+            timeout_s=self.shutdown_timeout_s,
+            log=self._rpc_log,
+            clock=self._clock,
+            sleep=self._sleep,
         )
-        if action is Action.RESTART:
-            if self._rpc_restart_server(f"{kind.value} failure: {detail}"):
-                tracker.restarted()
-        elif action is Action.ALERT_MANUAL:
-            self._rpc_notify(
-                f"{self.service_name} failed {tracker.consecutive_failures} health checks and "
-                f"auto-restart is off: manual intervention needed ({detail})",
-                "error",
-            )
-        return False
 
     def _rpc_notify(self, message: str, level: str) -> None:
         self._rpc_dispatcher.notify(message, level)

@@ -25,15 +25,25 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
     groups = {row["group"] for row in data["rows"]}
-    assert {"calls/steady", "lifecycle", "throughput", "generator", "peers", "registry"} <= groups
+    assert {
+        "calls/steady",
+        "lifecycle",
+        "throughput",
+        "generator",
+        "peers",
+        "registry",
+        "sharing",
+    } <= groups
     names = {row["name"] for row in data["rows"]}
     for expected in (
         "steady: rpcgen client method (median)",
         "start->first call, rpcgen (fork)",
         "shutdown, rpcgen (spawn)",
-        "restart after SIGKILL, detection->first call (fork)",
+        "restart after SIGKILL, kill->first call (fork)",
         "4 client processes",
         "rpcgen --help",
+        "attach->first call",
+        "recovery after SIGKILL, non-owner (kill->first call)",
     ):
         assert expected in names
     assert "benchmark" in result.stdout  # the table was printed

@@ -27,7 +27,8 @@ EXAMPLES: dict[str, tuple[list[str], list[str]]] = {
         ["--port", "{port}"],
         [
             "BTCUSD: 103.0",
-            "healthy right after the kill: False",
+            "restarted by its owner as pid",
+            "healthy right after the restart: True",
             "[notify:warning] LivePriceFetcher server restarted",
             "healthy a minute later: True",
             "[notify:success] LivePriceFetcher recovered",

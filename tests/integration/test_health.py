@@ -186,8 +186,8 @@ def test_broken_notifier_does_not_stop_health_checks_or_restarts(port: int, bad:
             old = svc.server_pid
             os.kill(old or 0, signal.SIGKILL)
             wait_until_dead(old or 0)
-            assert svc.health_check() is False
-            assert svc.server_pid != old
+            # The owner restarts a dead server at once, whatever its notifier does.
+            wait_until(lambda old=old: svc.server_pid not in (None, old), timeout=20)  # type: ignore[misc]
             assert svc.health_check() is True
     if isinstance(notifier, HangingNotifier):
         notifier.release.set()

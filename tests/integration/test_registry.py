@@ -159,3 +159,20 @@ def test_parallel_start_overlaps_independent_services() -> None:
     (a0, a1), (b0, b1), (c0, _) = windows["A"], windows["B"], windows["C"]
     assert a0 < b1 and b0 < a1  # A and B overlapped
     assert c0 >= max(a1, b1)  # C waited for both
+
+
+def test_attach_all_from_another_process(services: reg.Services) -> None:
+    code = (
+        "from tests.support import registry_services as reg\n"
+        "attached = reg.attach_all(timeout_s=10)\n"
+        "print(*(getattr(attached, a).echo(a) for a in ('a', 'b', 'c')))\n"
+        "print(attached.c.a.server_pid, attached.c.is_owner)\n"
+        "attached.shutdown()\n"
+    )
+    with python_process("-c", code) as proc:
+        assert read_line(proc) == "a b c"
+        assert read_line(proc) == f"{services.a.server_pid} False"
+        proc.wait(30)
+    assert proc.returncode == 0
+    for attr in ("a", "b", "c"):  # the attached clients' shutdown() stopped nothing
+        assert getattr(services, attr).echo(attr) == attr

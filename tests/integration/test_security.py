@@ -13,6 +13,7 @@ import pytest
 from rpcgen.runtime import ServiceAuthenticationError
 from rpcgen.runtime.transport import open_connection
 from tests.support.services import Echo
+from tests.support.waiting import free_port
 
 SEEN_KEYS: dict[int, list[bytes]] = {}
 
@@ -29,16 +30,21 @@ class RecordingEcho(Echo):
         return super()._start_server_process(address, authkey, server_ready)
 
 
-def test_every_start_gets_a_fresh_32_byte_authkey(port: int) -> None:
+def test_one_random_32_byte_authkey_per_service_kept_across_restarts(port: int) -> None:
+    """Kept, so every client reconnects after a restart; random, so not derivable."""
     svc = RecordingEcho(port)
+    other = RecordingEcho(free_port())
     try:
         assert svc.restart()
         assert svc.restart()
-        keys = svc.seen_keys
-        assert len(keys) == 3 and len(set(keys)) == 3
-        assert all(isinstance(k, bytes) and len(k) == 32 for k in keys)
+        keys = list(svc.seen_keys)
+        assert len(keys) == 3 and len(set(keys)) == 1
+        assert isinstance(keys[0], bytes) and len(keys[0]) == 32
+        assert other.seen_keys[0] != keys[0]
+        assert svc.rotate_authkey() and svc.seen_keys[-1] not in keys
     finally:
         svc.shutdown()
+        other.shutdown()
 
 
 def _key_forms(key: bytes) -> list[bytes]:

@@ -13,26 +13,32 @@ from tests.support.services import Echo
 from tests.support.waiting import pid_alive, stop_process_now
 
 
-def test_stale_server_of_same_service_with_hung_owner_is_replaced(port: int) -> None:
+def test_a_server_of_the_same_service_with_a_hung_owner_is_left_alone(port: int) -> None:
+    """Its owner is alive (only stopped): it is somebody's live server (issue 10)."""
     with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
-        stale_pid = int(read_line(owner))
-        stop_process_now(owner.pid)  # owner alive but hung: no watchdog rescue
+        server = int(read_line(owner))
+        stop_process_now(owner.pid)
         try:
-            with Echo(port) as svc:
-                assert svc.server_pid != stale_pid
-                assert not pid_alive(stale_pid)
-                assert svc.echo("replaced") == "replaced"
+            with pytest.raises(PortInUseError) as info:
+                Echo(port)
+            assert info.value.owner_pid == owner.pid and pid_alive(server)
         finally:
             os.kill(owner.pid, signal.SIGCONT)
 
 
-def test_sigstopped_stale_server_is_still_replaced(port: int) -> None:
+def test_a_sigstopped_server_whose_owner_died_is_replaced(port: int) -> None:
     with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
         stale_pid = int(read_line(owner))
-        stop_process_now(stale_pid)
-        with Echo(port) as svc:
-            assert not pid_alive(stale_pid)
-            assert svc.echo(1) == 1
+        stop_process_now(stale_pid)  # its owner watchdog cannot act
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        try:
+            with Echo(port) as svc:
+                assert not pid_alive(stale_pid)
+                assert svc.echo(1) == 1
+        finally:
+            if pid_alive(stale_pid):
+                os.kill(stale_pid, signal.SIGKILL)
 
 
 def test_foreign_listener_is_never_killed(port: int) -> None:

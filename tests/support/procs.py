@@ -51,7 +51,14 @@ def python_process(*args: str) -> Iterator[subprocess.Popen[str]]:
             proc.kill()
         proc.wait(10)
         reader.join(10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
+        # A grandchild (a server) may still hold the pipe: closing a stream that the
+        # reader thread is blocked on would block too, so leave that one to the GC.
+        streams = (
+            (proc.stdin, proc.stderr)
+            if reader.is_alive()
+            else (proc.stdin, proc.stdout, proc.stderr)
+        )
+        for stream in streams:
             if stream is not None:
                 stream.close()
         _LINES.pop(proc.pid, None)

@@ -79,3 +79,7 @@ def start_all(running_unit_tests: bool = False, **options: Any) -> Services:
 
 def shutdown_all() -> None:
     GRAPH.shutdown_all()
+
+
+def attach_all(**options: Any) -> Services:
+    return GRAPH.attach(Services, **options)

@@ -56,7 +56,7 @@ def process_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except OSError:  # FileNotFoundError, or ProcessLookupError while it is being reaped
         return ""
 
 

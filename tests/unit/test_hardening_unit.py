@@ -42,6 +42,8 @@ SAMPLES: dict[str, Any] = {
         service="S", host="127.0.0.1", port=1, pid=7, process_name="nginx"
     ),
     "ServiceStopped": runtime_errors.ServiceStopped(service="S"),
+    "ServiceNotFound": runtime_errors.ServiceNotFound(service="S", port=1, timeout_s=1.0),
+    "UnsafeBindError": runtime_errors.UnsafeBindError(service="S", host="0.0.0.0"),
     "NotPicklableError": runtime_errors.NotPicklableError(service="S"),
     "RpcgenError": generator_errors.RpcgenError("plain"),
     "SpecError": SpecError([SpecIssue("rpcgen.toml", "bad", service="S", field="port")]),

@@ -142,6 +142,6 @@ def test_restart_attempts_back_off_then_flapping_guard_stops_them() -> None:
     assert svc._rpc_restart_server("again") is False
     assert svc.starts == 5  # the guard stopped the 6th
     assert clock.sleeps == [0.5, 1.0, 2.0, 4.0]
-    assert svc._rpc_flap.tripped
+    assert svc._rpc_supervisor.flap.tripped
     assert svc._rpc_restart_server("and again") is False
     assert svc.starts == 5  # no busy loop once tripped

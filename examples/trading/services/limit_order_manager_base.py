@@ -44,6 +44,9 @@ class LimitOrderManagerBase(RPCServiceBase["LimitOrderManagerServer"]):
     connection), so it must guard its shared state.
     """
 
+    rpc_service_name = SERVICE_NAME
+    rpc_default_port = DEFAULT_PORT
+
     def __init__(
         self,
         *,

@@ -39,6 +39,9 @@ class LivePriceFetcherBase(RPCServiceBase["LivePriceFetcherServer"]):
     connection), so it must guard its shared state.
     """
 
+    rpc_service_name = SERVICE_NAME
+    rpc_default_port = DEFAULT_PORT
+
     def __init__(
         self,
         *,

@@ -35,6 +35,9 @@ class PositionManagerBase(RPCServiceBase["PositionManagerServer"]):
     connection), so it must guard its shared state.
     """
 
+    rpc_service_name = SERVICE_NAME
+    rpc_default_port = DEFAULT_PORT
+
     def __init__(
         self,
         *,

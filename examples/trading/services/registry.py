@@ -50,6 +50,11 @@ def start_all(running_unit_tests: bool = False, **options: Any) -> Services:
     return GRAPH.start(Services, running_unit_tests=running_unit_tests, **options)
 
 
+def attach_all(**options: Any) -> Services:
+    """Clients of every service, already started by another process (its owner)."""
+    return GRAPH.attach(Services, **options)
+
+
 def shutdown_all() -> None:
     """Stop every service started by start_all(), in reverse order."""
     GRAPH.shutdown_all()

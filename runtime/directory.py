@@ -1,0 +1,282 @@
+"""The service directory: which services run on this host, for this user, and their keys.
+
+One folder per user, ``$XDG_RUNTIME_DIR/rpcgen`` or ``/tmp/rpcgen-<uid>`` (mode
+0700, the folder Unix sockets live in too), holds for each running service:
+
+* ``<Service>-<port>.json`` (0600): name, address, port, server pid and create
+  time, owner pid, a start generation (one more at every restart), and the key
+  file's path. The owner writes it atomically once its server is ready, and
+  removes it when it stops the server for good.
+* ``<Service>-<port>.key`` (0600): the service's authkey, 32 random bytes, kept
+  across restarts so that every client (pickled, forked, attached, held by
+  another server) reconnects after a restart with the key it has.
+
+The key never appears in an entry, a log line, a process title, a command line
+or the environment. Readers ignore and remove stale entries: a dead server pid,
+or a pid reused by another process (its create time differs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ServiceNotFound
+from .transport import default_socket_dir
+
+__all__ = [
+    "KEY_BYTES",
+    "DirectoryEntry",
+    "directory_folder",
+    "entries",
+    "load_or_create_key",
+    "lookup",
+    "proc_stat",
+    "publish",
+    "read_key",
+    "wait_for_entry",
+    "withdraw",
+]
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """One running service, as its owner published it."""
+
+    service: str
+    host: str
+    port: int
+    #: the socket address the server listens on: [host, port], or a Unix socket path
+    address: list[Any] | str
+    pid: int
+    create_time: float
+    owner_pid: int
+    generation: int
+    key_file: str
+    #: the server's start time in clock ticks since boot (/proc/PID/stat), 0 if unknown
+    start_ticks: int = 0
+
+    @property
+    def stem(self) -> str:
+        return f"{self.service}-{self.port}"
+
+    def is_live(self) -> bool:
+        """The server process still runs (not a zombie), and is the same process."""
+        if self.start_ticks:
+            stat = proc_stat(self.pid)  # one read: a lookup happens on every reconnect
+            return stat is not None and stat[0] != "Z" and stat[1] == self.start_ticks
+        import psutil
+
+        try:
+            process = psutil.Process(self.pid)
+            return (
+                abs(process.create_time() - self.create_time) < 0.01
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc/PID/stat; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_CHECKED: dict[tuple[str | None, int], Path] = {}
+
+
+def directory_folder(folder: str | os.PathLike[str] | None = None) -> Path:
+    """The per-user folder (created 0700; refused if another user owns it or it is open).
+
+    Checked once per process (and per $XDG_RUNTIME_DIR), not on every lookup.
+    """
+    if folder is not None:
+        return Path(folder)
+    key = (os.environ.get("XDG_RUNTIME_DIR"), os.getpid())
+    path = _CHECKED.get(key)
+    if path is None or not path.is_dir():
+        path = _CHECKED[key] = Path(default_socket_dir())
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish(entry: DirectoryEntry, folder: Path | None = None) -> Path:
+    """Write (or replace) ``entry`` atomically; readers never see half of it."""
+    path = directory_folder(folder) / f"{entry.stem}.json"
+    _atomic_write(path, json.dumps(asdict(entry), sort_keys=True).encode())
+    return path
+
+
+def withdraw(service: str, port: int, pid: int, folder: Path | None = None) -> None:
+    """Remove the entry of ``service`` on ``port``, if it still names server ``pid``."""
+    path = directory_folder(folder) / f"{service}-{port}.json"
+    entry = _read_entry(path)
+    if entry is not None and entry.pid == pid:
+        path.unlink(missing_ok=True)
+
+
+def _read_entry(path: Path) -> DirectoryEntry | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            raw = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        data = json.loads(raw)
+        return DirectoryEntry(
+            service=str(data["service"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            address=data["address"],
+            pid=int(data["pid"]),
+            create_time=float(data["create_time"]),
+            owner_pid=int(data["owner_pid"]),
+            generation=int(data["generation"]),
+            key_file=str(data["key_file"]),
+            start_ticks=int(data.get("start_ticks", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def entries(folder: Path | None = None, *, live_only: bool = True) -> list[DirectoryEntry]:
+    """Every entry, sorted; stale ones (dead or reused pid) are removed, not returned."""
+    base = directory_folder(folder)
+    found: list[DirectoryEntry] = []
+    for path in sorted(base.glob("*.json")):
+        entry = _read_entry(path)
+        if entry is None:
+            continue
+        if live_only and not entry.is_live():
+            with contextlib.suppress(OSError):
+                if _read_entry(path) == entry:  # not replaced meanwhile
+                    path.unlink()
+            continue
+        found.append(entry)
+    return found
+
+
+def lookup(
+    *,
+    port: int | None = None,
+    service: str | None = None,
+    folder: Path | None = None,
+    check_live: bool = True,
+) -> DirectoryEntry | None:
+    """The live entry for ``port`` and/or ``service``; None if there is none.
+
+    With only ``service``, it must be unambiguous: one live entry of that name.
+    ``check_live=False`` (with both given) skips the liveness check, for a caller
+    whose next step, connecting with the key, proves it anyway.
+    """
+    base = directory_folder(folder)
+    if port is not None and service is not None:
+        entry = _read_entry(base / f"{service}-{port}.json")
+        if entry is None or (check_live and not entry.is_live()):
+            return None
+        return entry
+    matches = [
+        e
+        for e in entries(base, live_only=False)
+        if (port is None or e.port == port) and (service is None or e.service == service)
+    ]
+    live = [e for e in matches if e.is_live()]
+    return live[0] if len(live) == 1 else None
+
+
+def wait_for_entry(
+    *,
+    port: int | None,
+    service: str | None,
+    timeout_s: float,
+    newer_than: int = -1,
+    folder: Path | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DirectoryEntry:
+    """Poll until a live entry (with a generation above ``newer_than``) is published.
+
+    Raises :class:`ServiceNotFound` at the deadline.
+    """
+    deadline = clock() + timeout_s
+    delay = 0.002
+    while True:
+        entry = lookup(port=port, service=service, folder=folder)
+        if entry is not None and entry.generation > newer_than:
+            return entry
+        if clock() >= deadline:
+            raise ServiceNotFound(service=service, port=port, timeout_s=timeout_s)
+        sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _check_key_file(path: Path, info: os.stat_result) -> None:
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"authkey file {path} belongs to uid {info.st_uid}, not to this user")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise PermissionError(
+            f"authkey file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def read_key(path: str | os.PathLike[str]) -> bytes:
+    """The key in ``path``; refused unless this user owns it and only this user can read it."""
+    key_path = Path(path)
+    fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        _check_key_file(key_path, os.fstat(fd))
+        key = os.read(fd, 1024)
+    finally:
+        os.close(fd)
+    if len(key) < 16:
+        raise PermissionError(f"authkey file {key_path} holds {len(key)} bytes; expected 32")
+    return key
+
+
+def load_or_create_key(path: str | os.PathLike[str]) -> bytes:
+    """The key in ``path``, or a fresh one written there (0600) if it does not exist."""
+    key_path = Path(path)
+    try:
+        fd = os.open(
+            key_path,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
+            0o600,
+        )
+    except FileExistsError:
+        return read_key(key_path)
+    key = secrets.token_bytes(KEY_BYTES)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def write_key(path: Path, key: bytes) -> None:
+    """Replace ``path`` with ``key`` atomically (0600)."""
+    _atomic_write(path, key)

@@ -1,0 +1,193 @@
+"""Supervision: health checks that act, restarts with backoff, and a watch on the process.
+
+:class:`Supervisor` turns one probe result into counting, notifications and an
+action, and runs restarts with backoff and the flapping guard. It does no I/O of
+its own: the service hands it a ``probe``, a ``restart_once`` (one stop-and-start
+attempt), an ``on_unhealthy`` action, ``notify``, ``clock`` and ``sleep``, so
+unit tests drive it with fakes, as :mod:`rpcgen.runtime.health` is driven.
+
+Who acts on what:
+
+* the **owner** (the process that started the server) restarts it: at once when
+  the process dies (:func:`watch_process` waits on its sentinel, so no
+  ``health_check()`` call is needed to notice), or when health checks fail
+  ``max_consecutive_failures`` times;
+* any **other process** whose ``health_check()`` finds the server hung that many
+  times stops it (verified by pid, create time and title marker); its owner then
+  sees the death and restarts it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for_objects
+from typing import Any, Protocol
+
+from .errors import ServiceError
+from .health import Action, FailureKind, FlapGuard, HealthPolicy, HealthTracker, RestartPolicy
+
+__all__ = ["Probe", "RestartOutcome", "Supervisor", "watch_process"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One health check's result: ``kind`` None means healthy."""
+
+    kind: FailureKind | None
+    detail: str = ""
+    #: the server process is gone: act now, without waiting for more failures
+    fatal: bool = False
+
+
+HEALTHY = Probe(None)
+
+
+class RestartOutcome(enum.Enum):
+    RESTARTED = "restarted"
+    GAVE_UP = "gave up"  # max_attempts failed
+    FLAPPING = "flapping"  # too many restarts in the window: stopped restarting
+
+
+class Supervisor:
+    """Health-check bookkeeping and restart policy for one service."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        health: HealthPolicy,
+        restart: RestartPolicy,
+        probe: Callable[[], Probe],
+        on_unhealthy: Callable[[str], bool],
+        notify: Callable[[str, str], None],
+        log: logging.Logger,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.name = name
+        self.health = health
+        self.restart_policy = restart
+        self.tracker = HealthTracker(health)
+        self.flap = FlapGuard(restart)
+        self._probe = probe
+        self._on_unhealthy = on_unhealthy
+        self._notify = notify
+        self._log = log
+        self._clock = clock
+        self._sleep = sleep
+        self._flap_notified = False
+
+    def check(self, now_ms: float) -> bool:
+        """Run one check, count it, and act at the threshold. True if healthy."""
+        tracker = self.tracker
+        result = self._probe()
+        if result.kind is None:
+            if tracker.record_success(now_ms):
+                self._log.info("%s recovered", self.name)
+                self._notify(f"{self.name} recovered and is healthy again", "success")
+            return True
+        action = tracker.record_failure(now_ms, fatal=result.fatal)
+        self._log.warning(
+            "%s health check failed [%s] (%d/%d consecutive): %s",
+            self.name,
+            result.kind.value,
+            tracker.consecutive_failures,
+            self.health.max_consecutive_failures,
+            result.detail,
+        )
+        if action is Action.RESTART:
+            if self._on_unhealthy(f"{result.kind.value} failure: {result.detail}"):
+                tracker.restarted()
+        elif action is Action.ALERT_MANUAL:
+            self._notify(
+                f"{self.name} failed {tracker.consecutive_failures} health checks and "
+                f"auto-restart is off: manual intervention needed ({result.detail})",
+                "error",
+            )
+        return False
+
+    def reset_flapping(self) -> None:
+        self.flap.reset()
+        self._flap_notified = False
+
+    def restart(self, reason: str, restart_once: Callable[[], int | None]) -> RestartOutcome:
+        """Restart with backoff: up to ``max_attempts`` of ``restart_once`` (which raises
+        :class:`ServiceError` on failure and returns the new server pid)."""
+        policy = self.restart_policy
+        last_error: BaseException | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            now = self._clock()
+            if not self.flap.allow(now):
+                if not self._flap_notified:
+                    self._flap_notified = True
+                    self._notify(
+                        f"{self.name} is flapping: {policy.flap_max_restarts} restarts within "
+                        f"{policy.flap_window_s:g}s. Auto-restart stopped; fix the server and "
+                        "call restart().",
+                        "critical",
+                    )
+                return RestartOutcome.FLAPPING
+            delay = self.flap.delay(now)
+            if delay > 0:
+                self._log.info("%s: waiting %.2fs before restart (backoff)", self.name, delay)
+                self._sleep(delay)
+            self.flap.record(self._clock())
+            self._log.warning(
+                "restarting %s (attempt %d/%d): %s", self.name, attempt, policy.max_attempts, reason
+            )
+            try:
+                pid = restart_once()
+            except ServiceError as exc:
+                last_error = exc
+                self._log.error("restart attempt %d of %s failed: %s", attempt, self.name, exc)
+                continue
+            self._notify(f"{self.name} server restarted (pid {pid}) after: {reason}", "warning")
+            return RestartOutcome.RESTARTED
+        self._notify(
+            f"{self.name} could not be restarted after {policy.max_attempts} attempts: "
+            f"{last_error}",
+            "error",
+        )
+        return RestartOutcome.GAVE_UP
+
+
+class _Watched(Protocol):
+    def _rpc_watch_target(self) -> Any: ...
+
+    def _rpc_on_process_exit(self, process: Any) -> None: ...
+
+
+def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Event) -> None:
+    """Owner thread: wait on the server process's sentinel; report its death at once.
+
+    Holds only a weak reference between waits, so an abandoned client can be
+    collected. ``wake`` (a pipe's read end) interrupts the wait: on shutdown, and
+    after a restart has put a new process in place.
+    """
+    while not stop.is_set():
+        service = ref()
+        if service is None:
+            return
+        process = service._rpc_watch_target()
+        sentinel = process.sentinel if process is not None else None
+        del service
+        ready = wait_for_objects([wake] + ([sentinel] if sentinel is not None else []))
+        if stop.is_set():
+            return
+        if wake in ready:
+            try:
+                os.read(wake, 512)  # drain; then look at the (maybe new) process again
+            except OSError:
+                return
+            continue
+        service = ref()
+        if service is None:
+            return
+        service._rpc_on_process_exit(process)
+        del service
