@@ -5,6 +5,7 @@ imports the generator's dependencies (jinja2, typer, black).
 """
 
 from .direct import PicklingProxy
+from .endpoint import Address, Endpoint
 from .errors import (
     CallTimeout,
     NotPicklableError,
@@ -34,11 +35,12 @@ from .process import (
 from .registry import ServiceGraph, ServiceNode, ServiceStartError, StartedServices
 from .serve import ReadySignal, ServerTitle, parse_process_title, process_title, serve_rpc
 from .service import RPCServiceBase, ServiceState
-from .transport import Address, RPCProxy
+from .transport import RPCProxy
 
 __all__ = [
     "Address",
     "CallTimeout",
+    "Endpoint",
     "HealthPolicy",
     "LoggingNotifier",
     "NotPicklableError",

@@ -7,20 +7,18 @@ Every wait here polls a condition under a deadline; nothing sleeps a fixed time.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_objects
 from multiprocessing.process import BaseProcess
 
+from .endpoint import Address, Endpoint
 from .errors import PortInUseError, StartupError, StartupTimeout
 from .serve import ReadySignal, parse_process_title
-from .transport import Address, describe
 
 __all__ = [
     "Listener",
@@ -45,21 +43,8 @@ _POLL_S = 0.005
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """True if nothing listens on ``host:port``.
-
-    SO_REUSEADDR matters: without it the TIME_WAIT sockets of a just-stopped
-    server look like "in use" although no process listens any more.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
+    """True if nothing listens on ``host:port`` (see :meth:`Endpoint.in_use`)."""
+    return not Endpoint((host, port)).in_use()
 
 
 def wait_port_free(
@@ -134,22 +119,11 @@ def _same_user(pid: int) -> bool:
 
 def unix_socket_in_use(path: str) -> bool:
     """True if something accepts connections on the Unix socket ``path``."""
-    if not os.path.exists(path):
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False  # a stale file: nobody listens
-        except OSError:
-            return True
-    return True
+    return Endpoint(path).in_use()
 
 
 def address_in_use(address: Address) -> bool:
-    if isinstance(address, str):
-        return unix_socket_in_use(address)
-    return not port_is_free(*address)
+    return Endpoint.of(address).in_use()
 
 
 def wait_address_free(
@@ -227,11 +201,10 @@ def cleanup_stale(
     nobody listens on is removed.
     """
     log = logger or logging.getLogger(f"rpcgen.{service}")
-    host, port = describe(address)
-    unix_path = address if isinstance(address, str) else None
-    if not address_in_use(address):
-        if unix_path is not None and os.path.exists(unix_path):
-            os.unlink(unix_path)  # left by a server that was killed
+    endpoint = Endpoint.of(address)
+    host, port, unix_path = endpoint.host, endpoint.where, endpoint.path
+    if not endpoint.in_use():
+        endpoint.remove_stale_file()  # left by a server that was killed
         return []
     import psutil
 
@@ -299,8 +272,7 @@ def cleanup_stale(
         raise PortInUseError(
             service=service, host=host, port=port, pid=first.pid, process_name=first.name
         )
-    if unix_path is not None and os.path.exists(unix_path):
-        os.unlink(unix_path)
+    endpoint.remove_stale_file()
     return stopped
 
 

@@ -27,13 +27,14 @@ from multiprocessing import managers
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 # Imported here, in the parent, so forked children do not pay ~9 ms to import it.
 import setproctitle
 
+from .endpoint import Address, Endpoint
 from .remote import pack_exception
-from .transport import OBJECT_ID, SERIALIZER, Address, set_recv_timeout
+from .transport import OBJECT_ID, SERIALIZER, set_recv_timeout
 from .wire import dumps, looks_big, recv_message, send_message
 
 __all__ = [
@@ -173,8 +174,9 @@ class _RPCServer(managers.Server):
         super().__init__(registry, address, authkey, SERIALIZER)
         exposed = set(managers.public_methods(obj))  # type: ignore[attr-defined]
         self.id_to_obj[OBJECT_ID] = (obj, exposed, None)  # type: ignore[assignment]
-        if isinstance(address, str):
-            os.chmod(address, 0o600)  # a Unix socket: only this user may connect
+        path = Endpoint.of(address).path
+        if path is not None:
+            os.chmod(path, 0o600)  # a Unix socket: only this user may connect
         self.stop_event = threading.Event()
         self.handshake_timeout_s = handshake_timeout_s
 
@@ -293,12 +295,6 @@ class _RPCServer(managers.Server):
         sys.exit(0)
 
 
-def _socket_port(path: Address) -> int:
-    """The service's port, from a Unix socket named ``<service>-<port>.sock``."""
-    match = re.search(r"-(\d+)\.sock$", str(path))
-    return int(match.group(1)) if match else 0
-
-
 def _raise_system_exit(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -374,7 +370,7 @@ def serve_rpc(
         if fail is not None:
             fail("".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
-    port = rpc_server.address[1] if isinstance(rpc_server.address, tuple) else _socket_port(address)
+    port = Endpoint.of(cast(Address, rpc_server.address)).port  # TCP: the port bound
     setproctitle.setproctitle(process_title(service_name, port, owner_pid or 0))
     if threading.current_thread() is threading.main_thread():
         # Our owner manages our lifetime: a terminal's Ctrl-C reaches the whole

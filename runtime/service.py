@@ -17,7 +17,6 @@ same across restarts, so every client reconnects after one (see
 from __future__ import annotations
 
 import atexit
-import contextlib
 import enum
 import logging
 import multiprocessing
@@ -36,6 +35,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from . import directory
 from .direct import PicklingProxy
+from .endpoint import Address, Endpoint
 from .errors import (
     CallTimeout,
     NotPicklableError,
@@ -50,8 +50,8 @@ from .notify import NotificationDispatcher, Notifier
 from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
 from .serve import DEFAULT_HANDSHAKE_TIMEOUT_S, ReadySignal, serve_rpc
 from .sharing import is_loopback, locate, stop_hung_server, wait_until_published
-from .supervise import HEALTHY, Probe, RestartOutcome, Supervisor, watch_process
-from .transport import Address, RPCProxy, request_shutdown, unix_socket_path
+from .supervise import HEALTHY, Probe, ProcessWatcher, RestartOutcome, Supervisor
+from .transport import RPCProxy, request_shutdown, unix_socket_path
 
 __all__ = ["RPCServiceBase", "ServiceState"]
 
@@ -244,7 +244,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self._rpc_direct: Any = None
         self._rpc_monitor: threading.Thread | None = None
         self._rpc_monitor_stop: threading.Event | None = None
-        self._rpc_watcher: tuple[threading.Thread, threading.Event, int, int] | None = None
+        self._rpc_watcher: ProcessWatcher | None = None
         # Made on first use: many clients (attached ones above all) never need them.
         self._rpc_dispatcher_obj: NotificationDispatcher | None = None
         self._rpc_supervisor_obj: Supervisor | None = None
@@ -344,10 +344,11 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             timeout_s=timeout_s,
         )
         client: _Service = cls.__new__(cls)
-        if isinstance(found.address, str):
-            options.update(transport="unix", socket_dir=os.path.dirname(found.address))
+        endpoint = Endpoint.of(found.address)
+        if endpoint.path is not None:
+            options.update(transport="unix", socket_dir=os.path.dirname(endpoint.path))
         else:
-            options["host"] = found.address[0]
+            options["host"] = endpoint.host
         RPCServiceBase.__init__(
             client, found.service, found.port, authkey_file=authkey_file, **options
         )
@@ -384,9 +385,13 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     @property
     def address(self) -> Address:
         """(host, port) over TCP; with ``transport="unix"``, the socket's path."""
+        return self.endpoint.address
+
+    @property
+    def endpoint(self) -> Endpoint:
         if self.transport == "unix":
-            return unix_socket_path(self.service_name, self.port, self.socket_dir)
-        return (self.host, self.port)
+            return Endpoint(unix_socket_path(self.service_name, self.port, self.socket_dir))
+        return Endpoint((self.host, self.port))
 
     @property
     def _server_proxy(self) -> ServerT:
@@ -552,7 +557,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self.shutdown()
 
     def _rpc_label(self) -> str:
-        return f"unix:{self.address}" if self.transport == "unix" else f"{self.host}:{self.port}"
+        return self.endpoint.label
 
     def __repr__(self) -> str:
         mode = "direct" if self.running_unit_tests else "rpc"
@@ -630,13 +635,13 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
 
         pid = int(process.pid or 0)
         generation = self._rpc_seen[1] + 1
-        address = self.address
+        endpoint = self.endpoint
         directory.publish(
             directory.DirectoryEntry(
                 service=self.service_name,
                 host=self.host,
                 port=self.port,
-                address=address if isinstance(address, str) else list(address),
+                address=endpoint.path or [self.host, self.port],
                 pid=pid,
                 create_time=psutil.Process(pid).create_time(),
                 owner_pid=os.getpid(),
@@ -672,8 +677,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         """In a forked child: this copy no longer owns the server; it follows it."""
         watcher, self._rpc_watcher = self._rpc_watcher, None
         if watcher is not None:  # its thread is not in this process; its pipe is a copy
-            os.close(watcher[2])
-            os.close(watcher[3])
+            watcher.stop(0)
         self._rpc_monitor = self._rpc_monitor_stop = None
         if self._rpc_proxy is not None:
             self._rpc_proxy._rpc_wait_ready = self._rpc_follow
@@ -738,7 +742,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         except BaseException:
             self._rpc_stop_server_process()
             raise
-        self._rpc_wake_watcher()
+        if self._rpc_watcher is not None:
+            self._rpc_watcher.wake()  # watch the new process
         return process.pid
 
     def _rpc_connect(self, proxy: RPCProxy, process: BaseProcess | None, timeout_s: float) -> None:
@@ -783,8 +788,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             address, timeout_s=self.shutdown_timeout_s, clock=self._clock, sleep=self._sleep
         ):
             self._rpc_log.warning("%s still busy after %s stopped", address, self.service_name)
-        elif isinstance(address, str) and os.path.exists(address):
-            os.unlink(address)  # the server was killed before it could remove its socket
+        else:  # the server was killed before it could remove its socket file
+            Endpoint.of(address).remove_stale_file()
 
     def _rpc_restart_server(self, reason: str, failed: tuple[int, int] | None = None) -> bool:
         """Restart (owner only). ``failed``: the server seen failing; if another has
@@ -817,36 +822,13 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
 
     def _rpc_start_watcher(self) -> None:
         """Owner: a thread that restarts the server as soon as its process dies."""
-        if self._rpc_watcher is not None or not self.is_owner:
-            return
-        wake_r, wake_w = os.pipe()
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=watch_process,
-            args=(weakref.ref(self), wake_r, stop),
-            name=f"rpcgen-watch-{self.service_name}",
-            daemon=True,
-        )
-        self._rpc_watcher = (thread, stop, wake_r, wake_w)
-        thread.start()
-
-    def _rpc_wake_watcher(self) -> None:
-        watcher = self._rpc_watcher
-        if watcher is not None:
-            with contextlib.suppress(OSError):
-                os.write(watcher[3], b"x")
+        if self._rpc_watcher is None and self.is_owner:
+            self._rpc_watcher = ProcessWatcher(self, self.service_name)
 
     def _rpc_stop_watcher(self) -> None:
         watcher, self._rpc_watcher = self._rpc_watcher, None
-        if watcher is None:
-            return
-        thread, stop, wake_r, wake_w = watcher
-        stop.set()
-        os.write(wake_w, b"x")
-        if thread is not threading.current_thread():
-            thread.join(self.start_timeout_s + 5.0)
-        os.close(wake_w)
-        os.close(wake_r)
+        if watcher is not None:
+            watcher.stop(self.start_timeout_s + 5.0)
 
     def _rpc_watch_target(self) -> BaseProcess | None:
         return self._rpc_process if self._rpc_state is ServiceState.RUNNING else None

@@ -19,6 +19,7 @@ Who acts on what:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 from .errors import ServiceError
 from .health import Action, FailureKind, FlapGuard, HealthPolicy, HealthTracker, RestartPolicy
 
-__all__ = ["Probe", "RestartOutcome", "Supervisor", "watch_process"]
+__all__ = ["Probe", "ProcessWatcher", "RestartOutcome", "Supervisor", "watch_process"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,40 @@ class Supervisor:
             "error",
         )
         return RestartOutcome.GAVE_UP
+
+
+class ProcessWatcher:
+    """Owner side: a daemon thread that reports the server process's death at once.
+
+    It waits on the process sentinel and a pipe (to wake it on shutdown, and after
+    a restart put a new process in place). It holds the service only weakly, so an
+    abandoned client can be collected. A forked child's copy is inert.
+    """
+
+    def __init__(self, service: Any, name: str) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop = threading.Event()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(
+            target=watch_process,
+            args=(weakref.ref(service), self._wake_r, self._stop),
+            name=f"rpcgen-watch-{name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def stop(self, timeout_s: float) -> None:
+        if self._pid == os.getpid():  # a forked copy has no thread to stop
+            self._stop.set()
+            self.wake()
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout_s)
+        os.close(self._wake_w)
+        os.close(self._wake_r)
 
 
 class _Watched(Protocol):

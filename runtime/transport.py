@@ -28,6 +28,7 @@ from collections.abc import Callable
 from multiprocessing import AuthenticationError, connection, managers
 from typing import Any
 
+from .endpoint import Address, Endpoint
 from .errors import (
     CallTimeout,
     RemoteCallError,
@@ -56,9 +57,6 @@ __all__ = [
 OBJECT_ID = "rpcgen"
 #: Key in ``multiprocessing.managers.listener_client`` for our socket factories.
 SERIALIZER = "rpcgen"
-
-#: (host, port) for TCP, or the path of a Unix domain socket.
-Address = tuple[str, int] | str
 
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, with the terminating NUL
@@ -101,23 +99,13 @@ def unix_socket_path(service: str, port: int, folder: str | None = None) -> str:
 
 def describe(address: Address) -> tuple[str, int | str]:
     """(host, port) for messages: ("unix", path) for a Unix socket."""
-    if isinstance(address, str):
-        return "unix", address
-    return address
+    endpoint = Endpoint.of(address)
+    return endpoint.host, endpoint.where
 
 
 def connect(address: Address, timeout_s: float | None) -> socket.socket:
     """A connected stream socket to a TCP address or a Unix socket path."""
-    if isinstance(address, str):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout_s)
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    return socket.create_connection(address, timeout=timeout_s)
+    return Endpoint.of(address).connect(timeout_s)
 
 
 _loads = pickle.loads
