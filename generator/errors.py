@@ -19,9 +19,8 @@ field where there is one) and saying what to do next. Every error survives pickl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from rpcgen.runtime.errors import reduce_by_state
+from rpcgen.runtime.errors import PicklesByState
 
 __all__ = [
     "ConflictsWritten",
@@ -35,16 +34,10 @@ __all__ = [
 ]
 
 
-class RpcgenError(Exception):
+class RpcgenError(PicklesByState):
     """Root of every error raised by rpcgen.generator."""
 
     exit_code = 2
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.__reduce__ = reduce_by_state  # type: ignore[assignment,method-assign]
-
-    __reduce__ = reduce_by_state
 
     def lines(self) -> list[str]:
         return [str(self)]

@@ -13,7 +13,10 @@ One folder per user, ``$XDG_RUNTIME_DIR/rpcgen`` or ``/tmp/rpcgen-<uid>`` (mode
 
 The key never appears in an entry, a log line, a process title, a command line
 or the environment. Readers ignore and remove stale entries: a dead server pid,
-or a pid reused by another process (its create time differs).
+or a pid reused by another process (its create time differs). A killed owner's
+key file stays (0600, useless without its server) until the next owner of that
+service and port overwrites it: removing it with the entry could race with a new
+owner that has written its key but not yet published its entry.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ def reduce_by_state(self: BaseException) -> tuple[Any, ...]:
     return (_restore, (type(self), self.args, dict(self.__dict__)))
 
 
-class ServiceError(Exception):
-    """Root of every error raised by rpcgen.runtime."""
+class PicklesByState(Exception):
+    """Base of an error tree whose classes all survive pickling (rpcgen's two roots)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -80,6 +80,10 @@ class ServiceError(Exception):
         cls.__reduce__ = reduce_by_state  # type: ignore[assignment,method-assign]
 
     __reduce__ = reduce_by_state
+
+
+class ServiceError(PicklesByState):
+    """Root of every error raised by rpcgen.runtime."""
 
 
 class ServiceUnavailable(ConnectionError, ServiceError):

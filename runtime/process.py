@@ -192,7 +192,7 @@ def cleanup_stale(
     """Make ``address`` (TCP or Unix socket) free for ``service``; return the stopped pids.
 
     A listener whose process title marks it as a server of this same service is
-    stale if its owner is gone (exited, or a zombie) or is this process: it gets
+    stale if its owner is gone (exited, or a zombie): it gets
     SIGTERM, then SIGKILL after ``timeout_s`` (only if it is still the same
     process, by pid and create time, and belongs to this user). A server of this
     service whose owner is alive is somebody's live server: :class:`PortInUseError`
@@ -222,7 +222,7 @@ def cleanup_stale(
             )
         pid = listener.pid
         owner = title.owner_pid
-        if owner and owner != os.getpid() and not _gone(owner, None):
+        if owner and not _gone(owner, None):  # this process too: another instance's server
             raise PortInUseError(
                 service=service,
                 host=host,

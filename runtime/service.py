@@ -17,6 +17,7 @@ same across restarts, so every client reconnects after one (see
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
 import logging
 import multiprocessing
@@ -231,6 +232,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self._rpc_authkey: _Secret | None = None
         #: (server pid, start generation) of the server this client last reached
         self._rpc_seen: tuple[int, int] = (0, 0)
+        #: ``_rpc_seen`` when the last health probe ran: a restart acts only on that server
+        self._rpc_probed: tuple[int, int] | None = None
         self._rpc_init_transient()
 
     def _rpc_init_transient(self) -> None:
@@ -610,13 +613,17 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     # -- internals: keys, the directory, following restarts ----------------------------
 
     def _rpc_key(self) -> bytes:
-        """The service's key: made (or read from ``authkey_file``) once, kept across restarts."""
+        """The service's key: made (or read from ``authkey_file``) once, kept across restarts.
+
+        Made in memory: the directory's key file is written with the entry, once
+        this process's server is ready, so a start that loses a race for the port
+        never touches the winner's key file.
+        """
         if self._rpc_authkey is None:
             if self.authkey_file is not None:
                 key = directory.load_or_create_key(self.authkey_file)
             else:
                 key = secrets.token_bytes(directory.KEY_BYTES)
-                directory.write_key(self._rpc_key_path(), key)
             self._rpc_authkey = _Secret(key)
         return self._rpc_authkey.value
 
@@ -626,8 +633,12 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         return directory.directory_folder() / f"{self.service_name}-{self.port}.key"
 
     def _rpc_forget_key(self) -> None:
+        """Drop the key; remove the directory's key file only if it still holds ours."""
         if self.authkey_file is None and self._rpc_authkey is not None:
-            self._rpc_key_path().unlink(missing_ok=True)
+            path = self._rpc_key_path()
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == self._rpc_authkey.value:
+                    path.unlink()
         self._rpc_authkey = None
 
     def _rpc_publish(self, process: BaseProcess) -> None:
@@ -636,6 +647,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         pid = int(process.pid or 0)
         generation = self._rpc_seen[1] + 1
         endpoint = self.endpoint
+        if self.authkey_file is None:  # the key first: an entry never names a missing key
+            directory.write_key(self._rpc_key_path(), self._rpc_key())
         directory.publish(
             directory.DirectoryEntry(
                 service=self.service_name,
@@ -902,7 +915,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     def _rpc_on_unhealthy(self, reason: str) -> bool:
         """At the threshold: the owner restarts; another client stops a hung server."""
         if self.is_owner:
-            return self._rpc_restart_server(reason, getattr(self, "_rpc_probed", None))
+            return self._rpc_restart_server(reason, self._rpc_probed)
         if self.transport == "tcp" and not is_loopback(self.host):
             self._rpc_log.warning("%s on another host is unhealthy: %s", self.service_name, reason)
             return False

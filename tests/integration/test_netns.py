@@ -72,6 +72,17 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
 
 
+def _call_from(ns: str, server: str, key: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _in(ns, "call", server, str(PORT), str(key)),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_client_in_another_namespace_calls_the_server(
     hosts: tuple[str, str, str, str], tmp_path: Path
 ) -> None:
@@ -95,28 +106,14 @@ def test_a_client_in_another_namespace_calls_the_server(
         client_key = tmp_path / "client.key"
         shutil.copyfile(server_key, client_key)
         client_key.chmod(0o600)
-        call = subprocess.run(
-            _in(ns_b, "call", addr_a, str(PORT), str(client_key)),
-            cwd=ROOT,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        call = _call_from(ns_b, addr_a, client_key)
         assert call.returncode == 0, call.stderr
         assert call.stdout.strip() == f"answer across the veth from {server_pid}"
 
         wrong_key = tmp_path / "wrong.key"
         wrong_key.write_bytes(os.urandom(32))
         wrong_key.chmod(0o600)
-        refused = subprocess.run(
-            _in(ns_b, "call", addr_a, str(PORT), str(wrong_key)),
-            cwd=ROOT,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        refused = _call_from(ns_b, addr_a, wrong_key)
         assert refused.returncode == 0, refused.stderr
         assert refused.stdout.strip() == "authentication refused"
     finally:

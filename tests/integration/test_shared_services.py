@@ -254,3 +254,37 @@ def test_a_missing_key_file_is_created_with_a_fresh_key(port: int, tmp_path: Pat
         other.shutdown()
         assert svc.echo("mine") == "mine"
     assert key.exists()  # the user's file: never removed
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_two_owners_starting_at_once_leave_the_winners_key_intact(round_: int) -> None:
+    """The loser's failed start must not remove the key file its rival published."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.support.owner_script", str(port), "fork"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    racers = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        assert racers[0].stdout is not None and racers[1].stdout is not None
+        lines = [racer.stdout.readline().strip() for racer in racers]
+        winners = [int(line) for line in lines if line]
+        assert len(winners) >= 1, [r.stderr.read() for r in racers if r.stderr]
+        client = Echo.attach(port=port, timeout_s=10)
+        assert client.echo("winner") == "winner" and client.server_pid in winners
+        client.shutdown()
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.communicate(timeout=30)
+
+
+def test_a_second_instance_in_the_same_process_does_not_kill_the_first(port: int) -> None:
+    with Echo(port) as first:
+        with pytest.raises(PortInUseError) as info:
+            Echo(port)
+        assert info.value.owner_pid == os.getpid()
+        assert first.echo("still mine") == "still mine"
