@@ -635,8 +635,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     def _rpc_forget_key(self) -> None:
         """Drop the key; remove the directory's key file only if it still holds ours."""
         if self.authkey_file is None and self._rpc_authkey is not None:
-            path = self._rpc_key_path()
             with contextlib.suppress(OSError):
+                path = self._rpc_key_path()
                 if path.read_bytes() == self._rpc_authkey.value:
                     path.unlink()
         self._rpc_authkey = None
@@ -647,6 +647,16 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         pid = int(process.pid or 0)
         generation = self._rpc_seen[1] + 1
         endpoint = self.endpoint
+        try:
+            directory.directory_folder()
+        except OSError as exc:  # e.g. another user made /tmp/rpcgen-<uid>: never write there
+            self._rpc_log.warning(
+                "%s: not published in the service directory (%s): attach() cannot find it",
+                self.service_name,
+                exc,
+            )
+            self._rpc_seen = (pid, generation)
+            return
         if self.authkey_file is None:  # the key first: an entry never names a missing key
             directory.write_key(self._rpc_key_path(), self._rpc_key())
         directory.publish(
@@ -669,7 +679,10 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         """Non-owner: wait (bounded) until the server is published live; note a restart."""
         if not is_loopback(self.host) and self.transport == "tcp":
             return True  # another host: no directory here; connecting is the only test
-        entry = wait_until_published(self.service_name, self.port, timeout_s)
+        try:
+            entry = wait_until_published(self.service_name, self.port, timeout_s)
+        except OSError:
+            return True  # no usable directory: connecting (same key) is the only test
         if entry is None:
             return False
         if (entry.pid, entry.generation) != self._rpc_seen:
@@ -795,7 +808,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             process, join_timeout_s=self.shutdown_timeout_s, graceful=graceful, logger=self._rpc_log
         )
         self._rpc_log.debug("%s server pid %s exited with %s", self.service_name, process.pid, code)
-        directory.withdraw(self.service_name, self.port, int(process.pid or 0))
+        with contextlib.suppress(OSError):  # an unusable directory was never written to
+            directory.withdraw(self.service_name, self.port, int(process.pid or 0))
         process.close()
         if not wait_address_free(
             address, timeout_s=self.shutdown_timeout_s, clock=self._clock, sleep=self._sleep

@@ -288,3 +288,20 @@ def test_a_second_instance_in_the_same_process_does_not_kill_the_first(port: int
             Echo(port)
         assert info.value.owner_pid == os.getpid()
         assert first.echo("still mine") == "still mine"
+
+
+def test_an_unusable_service_directory_does_not_stop_a_service(
+    port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user could make the folder first: rpcgen never writes there, and still serves."""
+    runtime_dir = tmp_path / "run"
+    (runtime_dir / "rpcgen").mkdir(parents=True)
+    (runtime_dir / "rpcgen").chmod(0o777)  # open to others: refused as a directory
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
+    with Echo(port) as svc:
+        assert svc.echo("served") == "served"
+        assert svc.restart() and svc.echo("after a restart") == "after a restart"
+    assert "not published in the service directory" in caplog.text
+    assert list((runtime_dir / "rpcgen").iterdir()) == []
+    with pytest.raises(PermissionError, match="mode 0700"):
+        Echo.attach(port=port, timeout_s=0.2)
