@@ -269,8 +269,7 @@ def test_two_owners_starting_at_once_leave_the_winners_key_intact(round_: int) -
         for _ in range(2)
     ]
     try:
-        assert racers[0].stdout is not None and racers[1].stdout is not None
-        lines = [racer.stdout.readline().strip() for racer in racers]
+        lines = [_first_line(racer) for racer in racers]
         winners = [int(line) for line in lines if line]
         assert len(winners) >= 1, [r.stderr.read() for r in racers if r.stderr]
         client = Echo.attach(port=port, timeout_s=10)
@@ -280,6 +279,11 @@ def test_two_owners_starting_at_once_leave_the_winners_key_intact(round_: int) -
         for racer in racers:
             racer.kill()
             racer.communicate(timeout=30)
+
+
+def _first_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    return process.stdout.readline().strip()
 
 
 def test_a_second_instance_in_the_same_process_does_not_kill_the_first(port: int) -> None:
