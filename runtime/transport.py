@@ -257,8 +257,8 @@ def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: connection.Connect
     # A forked child frees the other threads' thread-locals inside os.fork(), before
     # any at-fork hook: the proxy's lock may have been held by one of those threads
     # then, and would never be released. The child's after-fork hook drops the set.
-    if proxy is not None and proxy._rpc_pid == os.getpid():
-        proxy._rpc_forget(conn)
+    if proxy is not None and proxy._rpc_pid == os.getpid() and not proxy._rpc_forget(conn):
+        return  # _rpc_drop_all took it, and closes it
     conn.close()
 
 
@@ -373,14 +373,24 @@ class RPCProxy:
         self._rpc_tls.holder = holder
         return conn
 
-    def _rpc_forget(self, conn: connection.Connection) -> None:
+    def _rpc_forget(self, conn: connection.Connection) -> bool:
+        """Take ``conn`` out of the set; True if it was there: then the caller closes it.
+
+        Whoever takes a connection out of the set (under the lock) closes it, and only
+        they: two threads in ``Connection.close()`` at once could both reach
+        ``os.close`` (EBADF, or worse, closing an fd number reused meanwhile). That
+        happens when shutdown closes a connection whose call it has just woken.
+        """
         with self._rpc_lock:
-            self._rpc_conns.discard(conn)
+            if conn in self._rpc_conns:
+                self._rpc_conns.discard(conn)
+                return True
+            return False
 
     def _rpc_discard(self, conn: connection.Connection) -> None:
-        self._rpc_forget(conn)
-        conn.close()
         self._rpc_tls.holder = None
+        if self._rpc_forget(conn):
+            conn.close()
 
     def _rpc_drop_all(self) -> None:
         with self._rpc_lock:

@@ -287,3 +287,31 @@ def test_ps_skips_a_process_with_a_malformed_title(
         assert main(["ps"]) == 0
         assert main(["ps", "--json"]) == 0
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_shutdown_while_a_call_is_blocked_wakes_it_with_service_stopped() -> None:
+    """Both the woken thread and shutdown() close that connection: only one may."""
+    from rpcgen.runtime import ServiceStopped
+
+    outcomes: list[str] = []
+    for _ in range(30):
+        svc = Echo(free_port())
+        entered = threading.Event()
+
+        def block(svc: Echo = svc, entered: threading.Event = entered) -> None:
+            try:
+                entered.set()
+                svc._server_proxy.block_forever_rpc()
+                outcomes.append("returned")
+            except ServiceStopped:
+                outcomes.append("stopped")
+            except BaseException as exc:
+                outcomes.append(repr(exc))
+
+        blocker = threading.Thread(target=block)
+        blocker.start()
+        entered.wait(10)
+        wait_until(lambda svc=svc: svc._server_proxy._rpc_connection_count() == 2, timeout=10)  # type: ignore[attr-defined, misc]
+        svc.shutdown()
+        blocker.join(10)
+    assert outcomes == ["stopped"] * 30
