@@ -311,7 +311,8 @@ def test_shutdown_while_a_call_is_blocked_wakes_it_with_service_stopped() -> Non
         blocker = threading.Thread(target=block)
         blocker.start()
         entered.wait(10)
-        wait_until(lambda svc=svc: svc._server_proxy._rpc_connection_count() == 2, timeout=10)  # type: ignore[attr-defined, misc]
+        proxy: Any = svc._server_proxy
+        wait_until(lambda proxy=proxy: proxy._rpc_connection_count() == 2, timeout=10)  # type: ignore[misc]
         svc.shutdown()
         blocker.join(10)
     assert outcomes == ["stopped"] * 30
