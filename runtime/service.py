@@ -857,8 +857,14 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         if watcher is not None:
             watcher.stop(self.start_timeout_s + 5.0)
 
-    def _rpc_watch_target(self) -> BaseProcess | None:
-        return self._rpc_process if self._rpc_state is ServiceState.RUNNING else None
+    def _rpc_watch_target(self) -> tuple[BaseProcess, int] | None:
+        """The server process and its sentinel, read together under the lifecycle lock
+        (a restart closes the old process object)."""
+        with self._rpc_lifecycle_lock:
+            process = self._rpc_process
+            if process is None or self._rpc_state is not ServiceState.RUNNING:
+                return None
+            return process, process.sentinel
 
     def _rpc_on_process_exit(self, process: BaseProcess) -> None:
         with self._rpc_lifecycle_lock:
@@ -889,12 +895,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 # The watcher is restarting a dead server: judge the new one.
                 self._rpc_not_restarting.wait(self.start_timeout_s + self.connect_timeout_s)
                 self._rpc_probed = self._rpc_seen
-            process = self._rpc_process
-            if self.is_owner and (process is None or process.exitcode is not None):
-                code = process.exitcode if process is not None else None
-                return Probe(
-                    FailureKind.TRANSPORT, f"server process is gone (exit code {code})", True
-                )
+            gone = self._rpc_process_gone(0.0) if self.is_owner else None
+            if gone is not None:
+                return Probe(FailureKind.TRANSPORT, gone, True)
             target = self._rpc_proxy
             if target is None:
                 return Probe(FailureKind.TRANSPORT, f"service is {self._rpc_state.value}", True)
@@ -911,12 +914,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             # A reset connection usually means the process is dying. After SIGKILL the
             # thread-group leader shows as a zombie before its other threads are gone,
             # and cannot be reaped until they are: give it a moment, then look again.
-            process = self._rpc_process
-            if self.is_owner and process is not None:
-                process.join(0.2)
-                if process.exitcode is not None:
-                    detail = f"server process is gone (exit code {process.exitcode})"
-                    return Probe(FailureKind.TRANSPORT, detail, True)
+            gone = self._rpc_process_gone(0.2) if self.is_owner else None
+            if gone is not None:
+                return Probe(FailureKind.TRANSPORT, gone, True)
             reason = exc.reason if isinstance(exc, ServiceUnavailable) else str(exc)
             return Probe(FailureKind.TRANSPORT, reason)
         except Exception as exc:
@@ -925,6 +925,26 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         if status != "ok":
             return Probe(FailureKind.STATUS, f"health_check_rpc returned {result!r}")
         return HEALTHY
+
+    def _rpc_process_gone(self, wait_s: float) -> str | None:
+        """Owner: why its server process is gone, or None if it runs (or is busy).
+
+        Only under the lifecycle lock, never beside the watcher or a restart: two
+        threads waiting on one child race in waitpid (one reaps it, the other gets
+        ECHILD and takes it for alive), and Process.close() then fails.
+        """
+        if not self._rpc_lifecycle_lock.acquire(timeout=self.health_policy.check_timeout_s):
+            return None  # a restart holds it: judge the new server next time
+        try:
+            process = self._rpc_process
+            if process is not None and wait_s:
+                process.join(wait_s)
+            code = process.exitcode if process is not None else None
+            if process is not None and code is None:
+                return None
+            return f"server process is gone (exit code {code})"
+        finally:
+            self._rpc_lifecycle_lock.release()
 
     def _rpc_on_unhealthy(self, reason: str) -> bool:
         """At the threshold: the owner restarts; another client stops a hung server."""

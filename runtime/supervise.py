@@ -205,17 +205,25 @@ def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Ev
     collected. ``wake`` (a pipe's read end) interrupts the wait: on shutdown, and
     after a restart has put a new process in place.
     """
+    log = logging.getLogger("rpcgen")
     while not stop.is_set():
         service = ref()
         if service is None:
             return
-        process = service._rpc_watch_target()
-        sentinel = process.sentinel if process is not None else None
+        try:
+            target = service._rpc_watch_target()
+        except Exception:  # never let the watcher die: look again on the next wake-up
+            log.exception("process watcher: reading the target failed")
+            target = None
         del service
-        ready = wait_for_objects([wake] + ([sentinel] if sentinel is not None else []))
+        watched = [wake] if target is None else [wake, target[1]]
+        try:
+            ready = wait_for_objects(watched)
+        except (OSError, ValueError):  # the sentinel was closed by a restart meanwhile
+            continue
         if stop.is_set():
             return
-        if wake in ready:
+        if wake in ready or target is None:
             try:
                 os.read(wake, 512)  # drain; then look at the (maybe new) process again
             except OSError:
@@ -224,5 +232,8 @@ def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Ev
         service = ref()
         if service is None:
             return
-        service._rpc_on_process_exit(process)
+        try:
+            service._rpc_on_process_exit(target[0])
+        except Exception:
+            log.exception("process watcher: restarting %s failed", service.service_name)
         del service
