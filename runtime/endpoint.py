@@ -109,5 +109,10 @@ class Endpoint:
 
     def remove_stale_file(self) -> None:
         """Unix: remove a socket file that nobody listens on (left by a killed server)."""
-        if self.path is not None and os.path.exists(self.path) and not self.in_use():
+        if self.path is not None and not self.in_use():
+            self.remove_file()
+
+    def remove_file(self) -> None:
+        """Unix: remove the socket file, for a caller that has just seen nobody listen."""
+        if self.path is not None and os.path.exists(self.path):
             os.unlink(self.path)

@@ -204,7 +204,7 @@ def cleanup_stale(
     endpoint = Endpoint.of(address)
     host, port, unix_path = endpoint.host, endpoint.where, endpoint.path
     if not endpoint.in_use():
-        endpoint.remove_stale_file()  # left by a server that was killed
+        endpoint.remove_file()  # left by a server that was killed
         return []
     import psutil
 
@@ -272,7 +272,7 @@ def cleanup_stale(
         raise PortInUseError(
             service=service, host=host, port=port, pid=first.pid, process_name=first.name
         )
-    endpoint.remove_stale_file()
+    endpoint.remove_file()  # wait_address_free just saw nobody listen
     return stopped
 
 

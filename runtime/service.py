@@ -816,7 +816,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         ):
             self._rpc_log.warning("%s still busy after %s stopped", address, self.service_name)
         else:  # the server was killed before it could remove its socket file
-            Endpoint.of(address).remove_stale_file()
+            Endpoint.of(address).remove_file()
 
     def _rpc_restart_server(self, reason: str, failed: tuple[int, int] | None = None) -> bool:
         """Restart (owner only). ``failed``: the server seen failing; if another has

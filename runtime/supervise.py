@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_objects
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import ServiceError
 from .health import Action, FailureKind, FlapGuard, HealthPolicy, HealthTracker, RestartPolicy
@@ -190,12 +190,6 @@ class ProcessWatcher:
                 self._thread.join(timeout_s)
         os.close(self._wake_w)
         os.close(self._wake_r)
-
-
-class _Watched(Protocol):
-    def _rpc_watch_target(self) -> Any: ...
-
-    def _rpc_on_process_exit(self, process: Any) -> None: ...
 
 
 def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Event) -> None:
