@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import re
 import select
 import signal
@@ -35,7 +36,16 @@ import setproctitle
 from .endpoint import Address, Endpoint
 from .remote import pack_exception
 from .transport import OBJECT_ID, SERIALIZER, set_recv_timeout
-from .wire import dumps, looks_big, recv_message, send_message
+from .wire import (
+    FrameReader,
+    ProtocolError,
+    dumps,
+    looks_big,
+    recv_message,
+    send_message,
+    tagged_frame,
+    write_frames,
+)
 
 __all__ = [
     "MARKER_PREFIX",
@@ -56,6 +66,8 @@ logger = logging.getLogger("rpcgen")
 
 #: Seconds a new connection has to authenticate and send its first request.
 DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+#: Calls from one multiplexed (asyncio) connection that may run at once.
+DEFAULT_MAX_CONCURRENT_CALLS = 32
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -158,7 +170,8 @@ class _RPCServer(managers.Server):
     BaseManager client still gets ``accept_connection`` and the stock loop.
     """
 
-    public = [*managers.Server.public, "rpcgen_accept"]  # noqa: RUF012  (as in Server)
+    _ours = ("rpcgen_accept", "rpcgen_accept_mux")
+    public = [*managers.Server.public, *_ours]  # noqa: RUF012  (as in Server)
 
     def __init__(
         self,
@@ -167,6 +180,7 @@ class _RPCServer(managers.Server):
         authkey: bytes,
         typeid: str,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     ) -> None:
         # Registering the typeid too lets a plain BaseManager client (register +
         # connect + manager.<typeid>()) reach the same object.
@@ -179,6 +193,7 @@ class _RPCServer(managers.Server):
             os.chmod(path, 0o600)  # a Unix socket: only this user may connect
         self.stop_event = threading.Event()
         self.handshake_timeout_s = handshake_timeout_s
+        self.max_concurrent_calls = max_concurrent_calls
 
     def accepter(self) -> None:
         """Accept connections, each served in its own thread (as the stock loop does).
@@ -225,43 +240,50 @@ class _RPCServer(managers.Server):
         self._serve_calls(conn)
         raise SystemExit(0)  # handle_request closes the connection, as for the stock loop
 
+    def rpcgen_accept_mux(self, conn: Connection, name: str) -> None:
+        set_recv_timeout(conn, 0)
+        threading.current_thread().name = name
+        conn.send(("#RETURN", None))
+        _MuxSession(self, conn.fileno()).run()
+        raise SystemExit(0)
+
     def _serve_calls(self, conn: Connection) -> None:
         """One client connection: call, reply, repeat, until EOF or stop."""
         fd = conn.fileno()
-        loads = pickle.loads
-        table = self.id_to_obj
         stop = self.stop_event
-        reply: tuple[str, Any]
+        answer = self._answer
         while not stop.is_set():
             try:
                 request = recv_message(fd)
             except (EOFError, OSError):
                 return
             try:
-                ident, method, args, kwargs = loads(request)
-                obj, exposed, _ = table[ident]
-                if method not in exposed:
-                    raise AttributeError(
-                        f"method {method!r} of {type(obj).__name__!r} is not exposed"
-                    )
-                try:
-                    result = getattr(obj, method)(*args, **kwargs)
-                except Exception as exc:
-                    reply, big = ("#RAISED", pack_exception(exc)), False
-                    if logger.isEnabledFor(logging.DEBUG):
-                        logger.debug("%s() raised %r", method, exc, exc_info=exc)
-                else:
-                    reply, big = ("#RETURN", result), looks_big((result,))
-            except Exception:
-                reply, big = ("#TRACEBACK", traceback.format_exc()), False
-            try:
-                data = dumps(reply, big)
-            except Exception:
-                data = dumps(("#UNSERIALIZABLE", traceback.format_exc()), False)
-            try:
-                send_message(fd, data)
+                send_message(fd, answer(request))
             except OSError:
                 return
+
+    def _answer(self, request: bytes | bytearray) -> bytes | memoryview:
+        """Run one pickled request; its pickled reply (never raises)."""
+        reply: tuple[str, Any]
+        try:
+            ident, method, args, kwargs = _loads(request)
+            obj, exposed, _ = self.id_to_obj[ident]
+            if method not in exposed:
+                raise AttributeError(f"method {method!r} of {type(obj).__name__!r} is not exposed")
+            try:
+                result = getattr(obj, method)(*args, **kwargs)
+            except Exception as exc:
+                reply, big = ("#RAISED", pack_exception(exc)), False
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s() raised %r", method, exc, exc_info=exc)
+            else:
+                reply, big = ("#RETURN", result), looks_big((result,))
+        except Exception:
+            reply, big = ("#TRACEBACK", traceback.format_exc()), False
+        try:
+            return dumps(reply, big)
+        except Exception:
+            return dumps(("#UNSERIALIZABLE", traceback.format_exc()), False)
 
     def serve_forever(self, owner_pid: int | None = None) -> None:
         """Like ``managers.Server.serve_forever``, with two changes.
@@ -293,6 +315,133 @@ class _RPCServer(managers.Server):
         except (KeyboardInterrupt, SystemExit):
             pass
         sys.exit(0)
+
+
+_loads = pickle.loads
+_READ_SIZE = 1 << 18
+
+
+class _MuxSession:
+    """One multiplexed connection: requests carry ids, replies go back as they finish.
+
+    Leader and followers: up to ``max_concurrent_calls`` threads serve the connection
+    (started as they are needed, kept for its life). One of them, the leader, reads;
+    when requests arrive it queues all but the first for the others, passes the
+    leadership on (a queued token) and runs the first itself. So one call in flight
+    costs no hand-off between threads, many run at once, and a slow call never stops
+    the connection from being read. At the limit the token waits its turn like a
+    request: reading pauses until a thread is free. Replies that finish while another
+    is being written go out with it, in one system call.
+    """
+
+    def __init__(self, server: _RPCServer, fd: int) -> None:
+        self.server = server
+        self.fd = fd
+        self.limit = max(1, server.max_concurrent_calls)
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.workers: list[threading.Thread] = []
+        self.idle = 0  # threads waiting that no queued item has claimed yet
+        self.backlog = 0  # queued items that no thread has claimed yet
+        self.reader = FrameReader()
+        self.outbox: list[bytes | memoryview] = []
+        self.writing = False
+        self.broken = False
+
+    def run(self) -> None:
+        """Serve until the client hangs up; return once no thread can touch the fd."""
+        me = threading.current_thread()
+        self.workers.append(me)
+        self.queue.put(_LEAD)
+        self._work()
+        for worker in self.workers:
+            if worker is not me:
+                worker.join()
+
+    def _work(self) -> None:
+        get = self.queue.get
+        answer = self.server._answer
+        lock = self.lock
+        while True:
+            item = get()
+            if item is None:
+                return
+            if item is _LEAD:
+                frames = self._read()
+                if frames is None:  # the client hung up: everyone stops
+                    for _ in self.workers:
+                        self.queue.put(None)
+                    return
+                for frame in frames[1:]:
+                    self._dispatch(frame)
+                self._dispatch(_LEAD)
+                item = frames[0]
+            ident, request = item
+            self._send(tagged_frame(ident, answer(request)))
+            del item, request
+            with lock:
+                if self.backlog:
+                    self.backlog -= 1
+                else:
+                    self.idle += 1
+
+    def _read(self) -> list[tuple[int, bytes]] | None:
+        """At least one request; None at EOF, on an error, or on a bad frame."""
+        stop = self.server.stop_event
+        while not stop.is_set():
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except OSError:
+                return None
+            if not data:
+                return None
+            try:
+                frames = self.reader.feed(data)
+            except ProtocolError as exc:
+                logger.warning("dropping a connection: %s", exc)
+                return None
+            if frames:
+                return frames
+        return None
+
+    def _dispatch(self, item: Any) -> None:
+        with self.lock:
+            if self.idle:
+                self.idle -= 1
+                start = False
+            elif len(self.workers) < self.limit:
+                start = True
+            else:
+                self.backlog += 1
+                start = False
+        self.queue.put(item)
+        if start:
+            worker = threading.Thread(
+                target=self._work, name=f"{threading.current_thread().name}+", daemon=True
+            )
+            self.workers.append(worker)
+            worker.start()
+
+    def _send(self, pieces: list[bytes | memoryview]) -> None:
+        with self.lock:
+            self.outbox.extend(pieces)
+            if self.writing:
+                return  # the writer takes these with its next batch
+            self.writing = True
+        while True:
+            with self.lock:
+                batch, self.outbox = self.outbox, []
+                if not batch or self.broken:
+                    self.writing = False
+                    return
+            try:
+                write_frames(self.fd, batch)
+            except OSError:
+                with self.lock:
+                    self.broken = True  # the client is gone: the leader sees EOF
+
+
+_LEAD = object()  # the queued token that makes a thread the connection's reader
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:
@@ -345,6 +494,7 @@ def serve_rpc(
     service_name: str,
     owner_pid: int | None = None,
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
 ) -> None:
     """Serve ``server`` on ``address`` until shut down; call it in the server process.
 
@@ -356,15 +506,21 @@ def serve_rpc(
     authenticate within ``handshake_timeout_s`` is dropped.
 
     Server objects are called from several threads at once: BaseManager serves
-    each client connection in its own thread.
+    each client connection in its own thread, and the calls in flight on one
+    asyncio client's connection run concurrently too, up to
+    ``max_concurrent_calls`` at a time (more wait their turn).
     """
     if owner_pid is None:
         parent = multiprocessing.parent_process()
         owner_pid = parent.pid if parent is not None else None
     try:
+        if max_concurrent_calls < 1:
+            raise ValueError(f"max_concurrent_calls must be at least 1, got {max_concurrent_calls}")
         if isinstance(server, type):
             server = server()
-        rpc_server = _RPCServer(server, address, authkey, service_name, handshake_timeout_s)
+        rpc_server = _RPCServer(
+            server, address, authkey, service_name, handshake_timeout_s, max_concurrent_calls
+        )
     except BaseException as exc:
         fail = getattr(server_ready, "fail", None)
         if fail is not None:

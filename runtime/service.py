@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
+import functools
 import logging
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ import threading
 import time
 import weakref
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from . import directory
+from .aio import AsyncView
 from .direct import PicklingProxy
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -49,7 +51,12 @@ from .errors import (
 from .health import FailureKind, HealthPolicy, RestartPolicy, backoff_delay
 from .notify import NotificationDispatcher, Notifier
 from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
-from .serve import DEFAULT_HANDSHAKE_TIMEOUT_S, ReadySignal, serve_rpc
+from .serve import (
+    DEFAULT_HANDSHAKE_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    ReadySignal,
+    serve_rpc,
+)
 from .sharing import is_loopback, locate, stop_hung_server, wait_until_published
 from .supervise import HEALTHY, Probe, ProcessWatcher, RestartOutcome, Supervisor
 from .transport import RPCProxy, request_shutdown, unix_socket_path
@@ -105,6 +112,13 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def _call_in_thread(call: Callable[[], _R]) -> _R:
+    # Direct mode's aio: a worker thread, so tests see calls overlap as over RPC.
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _monitor_loop(
@@ -187,6 +201,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         transport: str = "tcp",
         socket_dir: str | os.PathLike[str] | None = None,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         authkey_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not service_name or not service_name.replace("_", "a").replace(".", "a").isalnum():
@@ -214,6 +229,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self.connect_timeout_s = connect_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
+        self.max_concurrent_calls = max_concurrent_calls
         self.health_policy = HealthPolicy(
             interval_s=health_check_interval_s,
             max_consecutive_failures=max_consecutive_failures,
@@ -301,6 +317,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             service_name=self.service_name,
             owner_pid=self._rpc_owner_pid,
             handshake_timeout_s=self.handshake_timeout_s,
+            max_concurrent_calls=self.max_concurrent_calls,
         )
 
     def _launch_server_process(self, target: Callable[..., Any], *args: Any) -> BaseProcess:
@@ -420,6 +437,29 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         name of one of the method's parameters.
         """
         return self._server_proxy
+
+    @property
+    def aio(self) -> AsyncView[ServerT]:
+        """The asyncio view: ``await client.aio.method(...)``, many calls in flight.
+
+        Generated clients return a subclass with one typed coroutine per method.
+        """
+        return AsyncView(self)
+
+    def _rpc_acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Coroutine[Any, Any, Any]:
+        """Call server method ``method`` from a coroutine (what :attr:`aio` uses)."""
+        proxy: Any = self._server_proxy
+        if self._rpc_state is ServiceState.DIRECT:
+            return _call_in_thread(
+                functools.partial(getattr(proxy, method), *args, **(kwargs or {}))
+            )
+        return cast(RPCProxy, proxy)._rpc_acall(method, args, kwargs, timeout_s)
 
     @staticmethod
     def _rpc_typed_as(method: Callable[..., _R], value: Any) -> _R:

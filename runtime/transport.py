@@ -24,9 +24,9 @@ import struct
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing import AuthenticationError, connection, managers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -38,6 +38,9 @@ from .errors import (
 )
 from .remote import unpack_exception
 from .wire import dumps, looks_big, recv_message, send_message
+
+if TYPE_CHECKING:
+    from .mux import MuxConnection
 
 __all__ = [
     "OBJECT_ID",
@@ -109,6 +112,7 @@ def connect(address: Address, timeout_s: float | None) -> socket.socket:
 
 
 _loads = pickle.loads
+_acall: Callable[..., Coroutine[Any, Any, Any]] | None = None
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -216,15 +220,23 @@ def _handshake(
 
 
 def open_connection(
-    address: Address, authkey: bytes, *, service: str, timeout_s: float
+    address: Address, authkey: bytes, *, service: str, timeout_s: float, mux: bool = False
 ) -> connection.Connection:
-    """Open one authenticated connection that the server serves in its own thread."""
+    """Open one authenticated connection that the server serves in its own thread.
+
+    ``mux``: a multiplexed connection (tagged frames, many calls in flight), for asyncio.
+    """
     conn = _handshake(
         address,
         authkey,
         service=service,
         timeout_s=timeout_s,
-        request=(None, "rpcgen_accept", (threading.current_thread().name,), {}),
+        request=(
+            None,
+            "rpcgen_accept_mux" if mux else "rpcgen_accept",
+            (threading.current_thread().name,),
+            {},
+        ),
     )
     try:
         with socket.socket(fileno=os.dup(conn.fileno())) as view:
@@ -306,6 +318,9 @@ class RPCProxy:
         self._rpc_generation = 0
         self._rpc_closed = False
         self._rpc_pid = os.getpid()
+        # asyncio: one multiplexed connection per event loop (see .mux)
+        self._rpc_mux: weakref.WeakKeyDictionary[Any, MuxConnection] = weakref.WeakKeyDictionary()
+        self._rpc_mux_opening: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         host, port = describe(self._rpc_address)
@@ -341,6 +356,29 @@ class RPCProxy:
         self, *, wait_ready: bool = True, timeout_s: float | None = None
     ) -> connection.Connection:
         """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
+        conn, generation = self._rpc_handshake(wait_ready=wait_ready, timeout_s=timeout_s)
+        with self._rpc_lock:
+            if self._rpc_closed:
+                conn.close()
+                raise ServiceStopped(service=self._rpc_service)
+            self._rpc_conns.add(conn)
+        holder = _Holder(conn, generation)
+        weakref.finalize(holder, _forget, weakref.ref(self), conn)
+        self._rpc_tls.holder = holder
+        return conn
+
+    def _rpc_open_mux(self, timeout_s: float | None = None) -> tuple[int, int]:
+        """Open a multiplexed connection (blocking): its own fd, and the generation."""
+        conn, generation = self._rpc_handshake(wait_ready=True, timeout_s=timeout_s, mux=True)
+        try:
+            fd = os.dup(conn.fileno())
+        finally:
+            conn.close()
+        return fd, generation
+
+    def _rpc_handshake(
+        self, *, wait_ready: bool, timeout_s: float | None, mux: bool = False
+    ) -> tuple[connection.Connection, int]:
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
         bound = min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s)
@@ -350,7 +388,11 @@ class RPCProxy:
         generation = self._rpc_generation
         try:
             conn = open_connection(
-                self._rpc_address, self._rpc_authkey, service=self._rpc_service, timeout_s=bound
+                self._rpc_address,
+                self._rpc_authkey,
+                service=self._rpc_service,
+                timeout_s=bound,
+                mux=mux,
             )
         except ServiceAuthenticationError:
             # A restart can put a new server, with a new key, on the port between the
@@ -361,17 +403,13 @@ class RPCProxy:
             ready(bound)
             generation = self._rpc_generation
             conn = open_connection(
-                self._rpc_address, self._rpc_authkey, service=self._rpc_service, timeout_s=bound
+                self._rpc_address,
+                self._rpc_authkey,
+                service=self._rpc_service,
+                timeout_s=bound,
+                mux=mux,
             )
-        with self._rpc_lock:
-            if self._rpc_closed:
-                conn.close()
-                raise ServiceStopped(service=self._rpc_service)
-            self._rpc_conns.add(conn)
-        holder = _Holder(conn, generation)
-        weakref.finalize(holder, _forget, weakref.ref(self), conn)
-        self._rpc_tls.holder = holder
-        return conn
+        return conn, generation
 
     def _rpc_forget(self, conn: connection.Connection) -> bool:
         """Take ``conn`` out of the set; True if it was there: then the caller closes it.
@@ -395,9 +433,13 @@ class RPCProxy:
     def _rpc_drop_all(self) -> None:
         with self._rpc_lock:
             conns, self._rpc_conns = self._rpc_conns, set()
+            muxes = list(self._rpc_mux.values())
+            self._rpc_mux.clear()
             self._rpc_generation += 1
         for conn in conns:
             _shutdown_and_close(conn)
+        for mux in muxes:
+            mux.close_threadsafe()
 
     def _rpc_rebind(self, address: Address, authkey: bytes) -> None:
         """Point at a restarted server; every thread reconnects on its next call."""
@@ -412,11 +454,14 @@ class RPCProxy:
 
     def _rpc_after_fork(self) -> None:
         inherited = self._rpc_conns
+        muxes = list(self._rpc_mux.values())
         closed = self._rpc_closed
         self._rpc_init_state()
         self._rpc_closed = closed
         for conn in inherited:
             conn.close()  # our copy of the fd only; the parent's socket stays open
+        for mux in muxes:
+            mux.close_in_child()
 
     def _rpc_connection_count(self) -> int:
         with self._rpc_lock:
@@ -449,13 +494,7 @@ class RPCProxy:
                 reply = recv_message(conn.fileno())
         except (OSError, EOFError) as exc:
             self._rpc_discard(conn)
-            if self._rpc_closed:
-                raise ServiceStopped(service=self._rpc_service) from exc
-            host, port = describe(self._rpc_address)
-            reason = "connection closed by the server" if isinstance(exc, EOFError) else repr(exc)
-            raise ServiceUnavailable(
-                service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"
-            ) from exc
+            raise self._rpc_transport_error(method, exc) from exc
         except BaseException:
             # KeyboardInterrupt or similar mid-call: the reply may still arrive, so
             # this connection is out of step. Never reuse it.
@@ -468,6 +507,45 @@ class RPCProxy:
             raise CallTimeout(
                 service=self._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
             )
+        return self._rpc_decode(method, reply)
+
+    def _rpc_acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Coroutine[Any, Any, Any]:
+        """:meth:`_rpc_call` as a coroutine, on this event loop's multiplexed connection.
+
+        A cancelled or timed-out call's late reply is dropped; the connection stays
+        in step. Transport failures raise the same errors as :meth:`_rpc_call`.
+        """
+        global _acall
+        if _acall is None:
+            from .mux import acall  # asyncio is imported only by programs that use it
+
+            _acall = acall
+        return _acall(self, method, args, kwargs, timeout_s)
+
+    def _rpc_where(self) -> tuple[str, int | str]:
+        return describe(self._rpc_address)
+
+    def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception:
+        """The typed error for a call whose connection failed (``exc``; None: EOF)."""
+        if self._rpc_closed:
+            return ServiceStopped(service=self._rpc_service)
+        host, port = describe(self._rpc_address)
+        if exc is None or isinstance(exc, EOFError):
+            reason = "connection closed by the server"
+        else:
+            reason = repr(exc)
+        return ServiceUnavailable(
+            service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"
+        )
+
+    def _rpc_decode(self, method: str, reply: bytes | bytearray) -> Any:
+        """The result in a pickled reply, or its exception raised."""
         try:
             kind, result = _loads(reply)
         except Exception as exc:

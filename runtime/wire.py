@@ -15,7 +15,17 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["PROTOCOL", "dumps", "looks_big", "recv_message", "send_message"]
+__all__ = [
+    "PROTOCOL",
+    "FrameReader",
+    "ProtocolError",
+    "dumps",
+    "looks_big",
+    "recv_message",
+    "send_message",
+    "tagged_frame",
+    "write_frames",
+]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _BIG = 1 << 16
@@ -143,3 +153,84 @@ def _read_rest(fd: int, start: bytes, n: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
+
+
+# -- tagged frames: many calls in flight on one connection -----------------------------------
+# The same length-prefixed framing, with an 8-byte request id in front of the pickle: the id
+# stays readable when the pickle is not (a result class missing on this side), so such a
+# reply still fails only its own call.
+
+_ID = struct.Struct("!Q")
+_IOV_MAX = 512
+
+
+class ProtocolError(ValueError):
+    """The peer sent bytes that are not a tagged frame."""
+
+
+def tagged_frame(ident: int, body: bytes | memoryview) -> list[bytes | memoryview]:
+    """The pieces of one tagged frame (header, then the pickle, not copied)."""
+    n = len(body) + _ID.size
+    if n > 0x7FFFFFFF:
+        return [_HEADER.pack(-1) + _LONG.pack(n) + _ID.pack(ident), body]
+    if n <= _SMALL:
+        return [_HEADER.pack(n) + _ID.pack(ident) + body]
+    return [_HEADER.pack(n) + _ID.pack(ident), body]
+
+
+def write_frames(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """Write every piece to a blocking ``fd``, in as few system calls as possible."""
+    while pieces:
+        batch, pieces = pieces[:_IOV_MAX], pieces[_IOV_MAX:]
+        total = sum(len(piece) for piece in batch)
+        sent = os.writev(fd, batch)
+        if sent < total:
+            _write_all(fd, memoryview(b"".join(batch))[sent:])
+
+
+class FrameReader:
+    """Splits a byte stream into tagged frames: feed it what ``read()`` returned."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Every complete frame now available, as (request id, pickle bytes)."""
+        pending = self._pending
+        source: bytes | bytearray
+        if pending:
+            pending += data
+            source = pending
+        else:
+            source = data
+        frames: list[tuple[int, bytes]] = []
+        end = len(source)
+        pos = 0
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(source, pos)
+            start = pos + 4
+            if n == -1:
+                if end - start < 8:
+                    break
+                (n,) = _LONG.unpack_from(source, start)
+                start += 8
+            elif n < 0:
+                raise ProtocolError(f"bad frame length {n}")
+            if n < _ID.size:
+                raise ProtocolError(f"frame of {n} bytes has no request id")
+            if end - start < n:
+                break
+            (ident,) = _ID.unpack_from(source, start)
+            frames.append((ident, bytes(source[start + _ID.size : start + n])))
+            pos = start + n
+        if source is pending:
+            del pending[:pos]
+        elif pos < end:
+            pending += source[pos:]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
