@@ -359,6 +359,7 @@ def _render_service(
         Import("typing", "TYPE_CHECKING"),
         Import("typing", "Any"),
         Import("rpcgen.runtime", "Address"),
+        Import("rpcgen.runtime", "AsyncView"),
         Import("rpcgen.runtime", "ReadySignal"),
         Import("rpcgen.runtime", "RPCServiceBase"),
         Import("rpcgen.runtime", "serve_rpc"),

@@ -4,6 +4,7 @@ The public API; see :class:`RPCServiceBase`. Importing this package never
 imports the generator's dependencies (jinja2, typer, black).
 """
 
+from .aio import AsyncView
 from .direct import PicklingProxy
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -39,6 +40,7 @@ from .transport import RPCProxy
 
 __all__ = [
     "Address",
+    "AsyncView",
     "CallTimeout",
     "Endpoint",
     "HealthPolicy",

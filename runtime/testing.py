@@ -131,3 +131,22 @@ def rpcgen_services(request: pytest.FixtureRequest) -> Iterator[Any]:
 @pytest.fixture
 def rpcgen_free_port() -> int:
     return free_port()
+
+
+
+class _AsyncioBackend:
+    """Registered at configure time, after anyio's plugin, so its fixture wins."""
+
+    @pytest.fixture(scope="module")
+    def anyio_backend(self) -> str:
+        """Async tests (``@pytest.mark.anyio``) run on asyncio: ``client.aio`` is asyncio's.
+
+        anyio's own fixture would also run them on trio wherever trio is installed. A
+        project's own ``anyio_backend`` fixture (in a conftest.py) still overrides this.
+        """
+        return "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("rpcgen-asyncio-backend"):
+        config.pluginmanager.register(_AsyncioBackend(), "rpcgen-asyncio-backend")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from rpcgen.runtime import Address, ReadySignal, RPCServiceBase, serve_rpc
+from rpcgen.runtime import Address, AsyncView, ReadySignal, RPCServiceBase, serve_rpc
 
 if TYPE_CHECKING:
     from services.limit_order_manager_server import LimitOrderManagerServer, Order
@@ -32,6 +32,32 @@ def serve_limit_order_manager(
         server_ready,
         service_name=SERVICE_NAME,
     )
+
+
+class LimitOrderManagerAio(AsyncView["LimitOrderManagerServer"]):
+    """asyncio view of LimitOrderManager (``client.aio``): the same methods, as coroutines.
+
+    All tasks of one event loop share one connection, with many calls in flight;
+    the server runs them concurrently (up to its ``max_concurrent_calls``).
+    """
+
+    async def place(self, key: str, symbol: str, qty: float, limit_price: float) -> int:
+        """Place a limit order (qty > 0 buys at or below the limit, < 0 sells at or above)."""
+        return await self._rpc_call(
+            self._rpc_server.place_rpc, key, symbol, qty, limit_price
+        )
+
+    async def open_orders(self) -> list[Order]:
+        """Orders not filled yet, oldest first."""
+        return await self._rpc_call(self._rpc_server.open_orders_rpc)
+
+    async def mark_filled(self, order_id: int, price: float) -> Order:
+        """Record a fill; returns the order."""
+        return await self._rpc_call(self._rpc_server.mark_filled_rpc, order_id, price)
+
+    async def get_order(self, order_id: int) -> Order:
+        """One order by id."""
+        return await self._rpc_call(self._rpc_server.get_order_rpc, order_id)
 
 
 class LimitOrderManagerBase(RPCServiceBase["LimitOrderManagerServer"]):
@@ -68,6 +94,11 @@ class LimitOrderManagerBase(RPCServiceBase["LimitOrderManagerServer"]):
         super().__init__(SERVICE_NAME, port, running_unit_tests, host=host, **options)
         if start:
             self._initialize_service()
+
+    @property
+    def aio(self) -> LimitOrderManagerAio:
+        """The asyncio view: ``await client.aio.<method>(...)``."""
+        return LimitOrderManagerAio(self)
 
     def _create_direct_server(self) -> LimitOrderManagerServer:
         from services.limit_order_manager_server import LimitOrderManagerServer

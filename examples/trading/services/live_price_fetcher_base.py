@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from rpcgen.runtime import Address, ReadySignal, RPCServiceBase, serve_rpc
+from rpcgen.runtime import Address, AsyncView, ReadySignal, RPCServiceBase, serve_rpc
 
 if TYPE_CHECKING:
     from services.live_price_fetcher_server import LivePriceFetcherServer
@@ -30,6 +30,22 @@ def serve_live_price_fetcher(
         server_ready,
         service_name=SERVICE_NAME,
     )
+
+
+class LivePriceFetcherAio(AsyncView["LivePriceFetcherServer"]):
+    """asyncio view of LivePriceFetcher (``client.aio``): the same methods, as coroutines.
+
+    All tasks of one event loop share one connection, with many calls in flight;
+    the server runs them concurrently (up to its ``max_concurrent_calls``).
+    """
+
+    async def get_price(self, symbol: str, tick: int = 0) -> float:
+        """Latest price of a symbol at a tick."""
+        return await self._rpc_call(self._rpc_server.get_price_rpc, symbol, tick)
+
+    async def get_prices(self, symbols: list[str], tick: int = 0) -> dict[str, float]:
+        """Prices of several symbols at a tick."""
+        return await self._rpc_call(self._rpc_server.get_prices_rpc, symbols, tick)
 
 
 class LivePriceFetcherBase(RPCServiceBase["LivePriceFetcherServer"]):
@@ -59,6 +75,11 @@ class LivePriceFetcherBase(RPCServiceBase["LivePriceFetcherServer"]):
         super().__init__(SERVICE_NAME, port, running_unit_tests, host=host, **options)
         if start:
             self._initialize_service()
+
+    @property
+    def aio(self) -> LivePriceFetcherAio:
+        """The asyncio view: ``await client.aio.<method>(...)``."""
+        return LivePriceFetcherAio(self)
 
     def _create_direct_server(self) -> LivePriceFetcherServer:
         from services.live_price_fetcher_server import LivePriceFetcherServer

@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from rpcgen.runtime import Address, ReadySignal, RPCServiceBase, serve_rpc
+from rpcgen.runtime import Address, AsyncView, ReadySignal, RPCServiceBase, serve_rpc
 
 if TYPE_CHECKING:
     from services.position_manager_server import Position, PositionManagerServer
@@ -26,6 +26,30 @@ def serve_position_manager(
     serve_rpc(
         PositionManagerServer, address, authkey, server_ready, service_name=SERVICE_NAME
     )
+
+
+class PositionManagerAio(AsyncView["PositionManagerServer"]):
+    """asyncio view of PositionManager (``client.aio``): the same methods, as coroutines.
+
+    All tasks of one event loop share one connection, with many calls in flight;
+    the server runs them concurrently (up to its ``max_concurrent_calls``).
+    """
+
+    async def apply_fill(
+        self, key: str, symbol: str, qty: float, price: float
+    ) -> Position:
+        """Add a fill (qty > 0 buys, < 0 sells) to a key's position; returns the position."""
+        return await self._rpc_call(
+            self._rpc_server.apply_fill_rpc, key, symbol, qty, price
+        )
+
+    async def get_positions(self, key: str) -> dict[str, Position]:
+        """A key's positions by symbol."""
+        return await self._rpc_call(self._rpc_server.get_positions_rpc, key)
+
+    async def snapshot(self) -> dict[str, dict[str, Position]]:
+        """Every key's positions."""
+        return await self._rpc_call(self._rpc_server.snapshot_rpc)
 
 
 class PositionManagerBase(RPCServiceBase["PositionManagerServer"]):
@@ -55,6 +79,11 @@ class PositionManagerBase(RPCServiceBase["PositionManagerServer"]):
         super().__init__(SERVICE_NAME, port, running_unit_tests, host=host, **options)
         if start:
             self._initialize_service()
+
+    @property
+    def aio(self) -> PositionManagerAio:
+        """The asyncio view: ``await client.aio.<method>(...)``."""
+        return PositionManagerAio(self)
 
     def _create_direct_server(self) -> PositionManagerServer:
         from services.position_manager_server import PositionManagerServer
