@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from rpcgen.runtime import RPCServiceBase, serve_rpc
+from rpcgen.runtime import AsyncView, RPCServiceBase, serve_rpc
 from rpcgen.runtime.transport import Address
 
 
@@ -108,6 +108,18 @@ class EchoServer:
     def sized_rpc(self, value: Any) -> Sized:
         return Sized()
 
+    def rendezvous_rpc(self, key: str, parties: int, timeout_s: float) -> int:
+        """Returns only once ``parties`` calls with this key run at the same time."""
+        with self._lock:
+            barrier = _BARRIERS.setdefault(key, threading.Barrier(parties, timeout=timeout_s))
+        return barrier.wait()
+
+    def thread_rpc(self) -> int:
+        return threading.get_ident()
+
+
+_BARRIERS: dict[str, threading.Barrier] = {}
+
 
 class HangingHealthServer(EchoServer):
     """health_check_rpc never answers (a hung server)."""
@@ -162,7 +174,12 @@ def never_ready(address: Address, authkey: bytes, ready: Any, name: str = "Echo"
     threading.Event().wait()
 
 
+def serve_two_at_a_time(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(EchoServer, address, authkey, ready, service_name=name, max_concurrent_calls=2)
+
+
 SERVE_TARGETS = {
+    "two_at_a_time": serve_two_at_a_time,
     "echo": serve_echo,
     "hanging": serve_hanging,
     "crashing": serve_crashing,
@@ -202,6 +219,35 @@ class Echo(RPCServiceBase[EchoServer]):
 
     def remote_pid(self) -> int:
         return self._server_proxy.pid_rpc()
+
+    @property
+    def aio(self) -> EchoAio:
+        return EchoAio(self)
+
+
+class EchoAio(AsyncView[EchoServer]):
+    """A typed asyncio view, written the way rpcgen generates them."""
+
+    async def echo(self, value: Any) -> Any:
+        return await self._rpc_call(self._rpc_server.echo_rpc, value)
+
+    async def add(self, a: int, b: int = 0) -> int:
+        return await self._rpc_call(self._rpc_server.add_rpc, a, b)
+
+    async def remote_pid(self) -> int:
+        return await self._rpc_call(self._rpc_server.pid_rpc)
+
+    async def sleep(self, seconds: float) -> str:
+        return await self._rpc_call(self._rpc_server.sleep_rpc, seconds)
+
+    async def boom(self, message: str) -> None:
+        await self._rpc_call(self._rpc_server.boom_rpc, message)
+
+    async def rendezvous(self, key: str, parties: int, timeout_s: float) -> int:
+        return await self._rpc_call(self._rpc_server.rendezvous_rpc, key, parties, timeout_s)
+
+    async def thread(self) -> int:
+        return await self._rpc_call(self._rpc_server.thread_rpc)
 
 
 class SeedStyleEcho(RPCServiceBase[EchoServer]):
