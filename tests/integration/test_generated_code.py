@@ -104,6 +104,7 @@ def test_generated_files_pass_black_ruff_and_mypy_strict(
 
 
 CALLS = """\
+import asyncio
 import sys
 from decimal import Decimal
 from services.models import Order
@@ -121,6 +122,18 @@ try:
     assert t.bulk([Order("A", 1)]) == 1
     assert t.unannotated(7) == 7
     assert t.health_check() is True
+
+    async def aio_calls() -> None:
+        assert await t.aio.ping() == "pong"
+        assert await t.aio.place(Order("SOL", 2)) == Decimal(2)
+        assert await t.aio.totals(Decimal(1), Decimal(2), a="x") == 4.0
+        await t.aio.clear("SOL")
+        assert await t.aio.history(["SOL"]) == {"SOL": []}
+        assert await t.aio.unannotated(7) == 7
+        many = await asyncio.gather(*(t.aio.unannotated(i, y=i) for i in range(200)))
+        assert many == list(range(200))
+
+    asyncio.run(aio_calls())
     print("ok", t.server_pid)
 finally:
     t.shutdown()
@@ -154,7 +167,8 @@ def test_new_project_end_to_end_generated_tests_pass(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout  # mode and echo in direct and RPC mode, health in both
+    # mode, echo, health and the async test, each in direct and RPC mode
+    assert "8 passed" in result.stdout
     files = ["services", "tests"]
     assert (
         subprocess.run(
@@ -170,3 +184,47 @@ def test_new_project_end_to_end_generated_tests_pass(
         rpcgen_shim(tmp_path_factory.mktemp("shim")),
     )
     assert mypy.returncode == 0, mypy.stdout
+
+
+AIO_USE = """\
+from decimal import Decimal
+from typing import Any
+
+from services.models import Order
+from services.trading import Trading
+
+
+async def main(t: Trading) -> None:
+    price: Decimal | None = await t.aio.place(Order("BTC", 3), "sell", limit=2)
+    total: int | float = await t.aio.totals(Decimal(1), a="x")
+    await t.aio.clear("BTC")
+    anything: Any = await t.aio.unannotated(7)
+    print(price, total, anything)
+"""
+
+AIO_MISUSE = """\
+from services.trading import Trading
+
+
+async def wrong(t: Trading) -> None:
+    await t.aio.place("not an order")
+    count: str = await t.aio.bulk([])
+    await t.aio.clear(symbol="BTC")
+    print(count)
+"""
+
+
+@pytest.mark.slow
+def test_the_async_view_is_typed_against_the_server_methods(
+    trading: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    write(trading, "use_aio.py", AIO_USE)
+    write(trading, "misuse_aio.py", AIO_MISUSE)
+    shim = rpcgen_shim(tmp_path_factory.mktemp("shim"))
+    cache = ["--cache-dir", str(trading / ".mypy_cache")]
+    good = run_mypy([*cache, "use_aio.py"], trading, shim)
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = run_mypy([*cache, "misuse_aio.py"], trading, shim)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    lines = {line.split(":")[1] for line in bad.stdout.splitlines() if ": error:" in line}
+    assert lines == {"5", "6", "7"}, bad.stdout
