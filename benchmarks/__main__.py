@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import calls, generator, lifecycle, peers, registry, sharing
+from . import aio, calls, generator, lifecycle, peers, registry, sharing
 from ._util import Row
 
 GROUPS = {
@@ -18,6 +18,7 @@ GROUPS = {
     "lifecycle": lifecycle.run,
     "registry": registry.run,
     "sharing": sharing.run,
+    "aio": aio.run,
     "generator": generator.run,
     "peers": peers.run,
 }

@@ -6,7 +6,7 @@ from multiprocessing.managers import BaseManager
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from rpcgen.runtime import RPCServiceBase, serve_rpc
+from rpcgen.runtime import AsyncView, RPCServiceBase, serve_rpc
 from rpcgen.runtime.transport import Address
 
 
@@ -39,6 +39,17 @@ class BenchClient(RPCServiceBase[BenchServer]):
 
     def echo(self, value: Any) -> Any:
         return self._server_proxy.echo_rpc(value)
+
+    @property
+    def aio(self) -> BenchAio:
+        return BenchAio(self)
+
+
+class BenchAio(AsyncView[BenchServer]):
+    """The asyncio view, as generated code writes it."""
+
+    async def echo(self, value: Any) -> Any:
+        return await self._rpc_call(self._rpc_server.echo_rpc, value)
 
 
 class StockManager(BaseManager):

@@ -17,8 +17,10 @@ import asyncio
 import itertools
 import os
 import socket
+import struct
 import threading
 import weakref
+from asyncio import get_running_loop
 from typing import TYPE_CHECKING, Any
 
 from .errors import CallTimeout, ServiceStopped
@@ -30,7 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectionLost", "MuxConnection", "acall"]
 
-_READ_SIZE = 1 << 18
+_HEAD = struct.Struct("!iQ")  # a tagged frame's length and request id
+_SMALL_FRAME = 16_000
+# Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
+_READ_SIZE = 1 << 16
 
 
 class ConnectionLost(Exception):
@@ -81,7 +86,11 @@ class MuxConnection:
         future: asyncio.Future[bytes] = loop.create_future()
         pending = self._pending
         pending[ident] = future
-        self._out.extend(tagged_frame(ident, payload))
+        size = len(payload)
+        if size <= _SMALL_FRAME:
+            self._out.append(_HEAD.pack(size + 8, ident) + payload)
+        else:
+            self._out.extend(tagged_frame(ident, payload))
         if not (self._flush_scheduled or self._writer_registered):
             if len(pending) == 1:
                 self._flush(loop)  # nothing else in flight: send now, no extra loop turn
@@ -213,10 +222,13 @@ async def acall(
     kwargs = kwargs or {}
     big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
     payload = dumps((OBJECT_ID, method, args, kwargs), big)
-    loop = asyncio.get_running_loop()
-    conn = proxy._rpc_mux.get(loop)
+    loop = get_running_loop()
+    conn = proxy._rpc_mux_last  # most programs run one loop: skip the table
+    if conn is None or conn._loop() is not loop:
+        conn = proxy._rpc_mux.get(loop)
     if conn is None or conn.closed or conn.generation != proxy._rpc_generation:
         conn = await _connection(proxy, loop, timeout_s)
+    proxy._rpc_mux_last = conn
     ident, future = conn.request(loop, payload)
     del payload
     try:

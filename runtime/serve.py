@@ -318,7 +318,8 @@ class _RPCServer(managers.Server):
 
 
 _loads = pickle.loads
-_READ_SIZE = 1 << 18
+# Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
+_READ_SIZE = 1 << 16
 
 
 class _MuxSession:

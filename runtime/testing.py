@@ -133,7 +133,6 @@ def rpcgen_free_port() -> int:
     return free_port()
 
 
-
 class _AsyncioBackend:
     """Registered at configure time, after anyio's plugin, so its fixture wins."""
 

@@ -321,6 +321,7 @@ class RPCProxy:
         # asyncio: one multiplexed connection per event loop (see .mux)
         self._rpc_mux: weakref.WeakKeyDictionary[Any, MuxConnection] = weakref.WeakKeyDictionary()
         self._rpc_mux_opening: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._rpc_mux_last: MuxConnection | None = None
 
     def __repr__(self) -> str:
         host, port = describe(self._rpc_address)
@@ -435,6 +436,7 @@ class RPCProxy:
             conns, self._rpc_conns = self._rpc_conns, set()
             muxes = list(self._rpc_mux.values())
             self._rpc_mux.clear()
+            self._rpc_mux_last = None
             self._rpc_generation += 1
         for conn in conns:
             _shutdown_and_close(conn)
