@@ -7,6 +7,7 @@ throughput run needs both cores (the client and the server each use one)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import multiprocessing
 import statistics
@@ -125,12 +126,12 @@ def run(quick: bool) -> list[Row]:
     grpc_proc = None
     try:
         for threads in THREADS:
-            variants[f"sync client, {threads} thread{'s' * (threads > 1)}"] = (
-                lambda n=threads: _sync_threads(client, n, total)
+            variants[f"sync client, {threads} thread{'s' * (threads > 1)}"] = functools.partial(
+                _sync_threads, client, threads, total
             )
         for tasks in TASKS:
-            variants[f"asyncio client, {tasks} in flight"] = lambda n=tasks: _rpcgen_async(
-                client, n, total
+            variants[f"asyncio client, {tasks} in flight"] = functools.partial(
+                _rpcgen_async, client, tasks, total
             )
         if have_grpc:
             # spawn: grpc must not be initialised in a forked copy of a process that used it.
@@ -141,8 +142,8 @@ def run(quick: bool) -> list[Row]:
             if not ready.wait(60):
                 raise RuntimeError("the grpc.aio server did not start")
             for tasks in TASKS:
-                variants[f"grpc.aio unary, {tasks} in flight"] = lambda n=tasks: _grpc_async(
-                    port, n, total
+                variants[f"grpc.aio unary, {tasks} in flight"] = functools.partial(
+                    _grpc_async, port, tasks, total
                 )
         for _ in range(rounds):
             for name, measure in variants.items():

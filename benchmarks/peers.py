@@ -1,11 +1,16 @@
-"""Peers (optional): Pyro5, RPyC and gRPC on the same trivial call and payloads, in the
-same run as rpcgen. Install them with `pip install ".[bench]"`; a missing one is skipped
-with a line that says so. Each server runs in its own (forked) process on 127.0.0.1."""
+"""Peers (optional): Pyro5, RPyC, gRPC and (when installed) Ray actors on the same trivial
+call and payloads, in the same run as rpcgen, measured exactly as rpcgen is: the same
+placement (every process pinned to one core, then none), interleaved blocks, medians of
+block medians. Install them with `pip install ".[bench]"`; a missing one is skipped with a
+line that says so. Each server runs in its own (forked) process on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import multiprocessing
+import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +27,7 @@ def _serve_pyro(port: int, ready: Any) -> None:
     import Pyro5.server
 
     class Bench:
-        @Pyro5.server.expose
+        @Pyro5.server.expose  # type: ignore[untyped-decorator,unused-ignore]
         def echo(self, value: Any) -> Any:
             return value
 
@@ -104,7 +109,7 @@ PEERS: dict[
 @contextmanager
 def _peer(
     serve: Callable[[int, Any], None], connect: Callable[[int], tuple[Echo, Callable[[], None]]]
-) -> Iterator[Echo]:
+) -> Iterator[tuple[Echo, list[int]]]:
     ctx = multiprocessing.get_context("fork")
     port, ready = free_port(), ctx.Event()
     proc = ctx.Process(target=serve, args=(port, ready), daemon=True)
@@ -114,7 +119,8 @@ def _peer(
             raise RuntimeError("peer server did not start")
         echo, close = connect(port)
         try:
-            yield echo
+            assert proc.pid is not None
+            yield echo, [proc.pid]
         finally:
             close()
     finally:
@@ -123,54 +129,123 @@ def _peer(
         proc.close()
 
 
+@contextmanager
+def _ray_peer() -> Iterator[tuple[Echo, list[int]]]:
+    """A Ray actor with the same echo method, on a local Ray with 2 CPUs."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+
+        @ray.remote
+        class Bench:
+            def echo(self, value: Any) -> Any:
+                return value
+
+            def pid(self) -> int:
+                import os
+
+                return os.getpid()
+
+        actor = Bench.remote()  # type: ignore[attr-defined]
+        pid = ray.get(actor.pid.remote())
+
+        def echo(value: bytes) -> Any:
+            return ray.get(actor.echo.remote(value))
+
+        yield echo, [pid]
+    finally:
+        ray.shutdown()
+
+
+def _set_affinity(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of every process in ``pids`` (threads keep their own masks)."""
+    for pid in pids:
+        try:
+            tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
 def _median(echo: Echo, value: bytes, n: int) -> float:
-    for _ in range(20):
-        echo(value)
     samples = []
+    clock = time.perf_counter
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         echo(value)
-        samples.append(time.perf_counter() - t0)
+        samples.append(clock() - t0)
     return median_ms(samples)
 
 
+CASES = [
+    ("trivial call", b"x", 3000),
+    ("1 KB", b"x" * 1024, 2000),
+    ("100 KB", b"x" * 102400, 400),
+    ("1 MB", b"x" * (1 << 20), 60),
+]
+
+
 def run(quick: bool) -> list[Row]:
-    cases = [
-        ("trivial call", b"x", 300 if quick else 3000),
-        ("1 KB", b"x" * 1024, 200 if quick else 2000),
-        ("100 KB", b"x" * 102400, 50 if quick else 500),
-        ("1 MB", b"x" * (1 << 20), 20 if quick else 100),
-    ]
+    """Every variant measured alike: the same placement (all pinned to one core, or none),
+    blocks of calls interleaved across variants (the order rotating each block), and the
+    median of the block medians."""
+    blocks = 2 if quick else 5
     rows: list[Row] = []
     ours = BenchClient(free_port())
-    try:
-        base = {case: _median(ours.echo, value, n) for case, value, n in cases}
-    finally:
-        ours.shutdown()
-    for case in base:
-        rows.append(Row("peers", f"{case}: rpcgen", base[case], "ms"))
-    for name, (module, serve, connect) in PEERS.items():
-        if importlib.util.find_spec(module) is None:
-            rows.append(
-                Row(
-                    "peers",
-                    f"{name}: skipped ({module} not installed; pip install '.[bench]')",
-                    0.0,
-                    "",
-                )
-            )
-            continue
-        with _peer(serve, connect) as echo:
-            for case, value, n in cases:
-                value_ms = _median(echo, value, n)
-                rows.append(
-                    Row(
-                        "peers",
-                        f"{case}: {name}",
-                        value_ms,
-                        "ms",
-                        baseline=f"{case}: rpcgen",
-                        ratio=value_ms / base[case],
+    with contextlib.ExitStack() as stack:
+        stack.callback(ours.shutdown)
+        assert ours.server_pid is not None
+        variants: dict[str, Echo] = {"rpcgen": ours.echo}
+        pids = [os.getpid(), ours.server_pid]
+        peers = dict(PEERS)
+        for name, (module, serve, connect) in peers.items():
+            if importlib.util.find_spec(module) is None:
+                rows.append(_skipped(name, module, "pip install '.[bench]'"))
+                continue
+            echo, peer_pids = stack.enter_context(_peer(serve, connect))
+            variants[name], pids = echo, pids + peer_pids
+        if importlib.util.find_spec("ray") is None:
+            rows.append(_skipped("Ray actor", "ray", "pip install 'ray'"))
+        else:
+            echo, peer_pids = stack.enter_context(_ray_peer())
+            variants["Ray actor"], pids = echo, pids + peer_pids
+        for echo in variants.values():
+            for _ in range(50):
+                echo(b"warm")
+        every = os.sched_getaffinity(0)
+        names = list(variants)
+        for placement in ("pinned", "unpinned"):
+            _set_affinity(pids, {min(every)} if placement == "pinned" else every)
+            for case, value, n in CASES:
+                count = max(10, n // 10) if quick else n // blocks
+                medians: dict[str, list[float]] = {name: [] for name in names}
+                for block in range(blocks):
+                    order = names[block % len(names) :] + names[: block % len(names)]
+                    for name in order:
+                        medians[name].append(_median(variants[name], value, count))
+                base = statistics.median(medians["rpcgen"])
+                for name in names:
+                    value_ms = statistics.median(medians[name])
+                    rows.append(
+                        Row(
+                            "peers",
+                            f"{placement}, {case}: {name}",
+                            value_ms,
+                            "ms",
+                            baseline=None if name == "rpcgen" else f"{placement}, {case}: rpcgen",
+                            ratio=None if name == "rpcgen" else value_ms / base,
+                            extra={
+                                "placement": placement,
+                                "blocks": [round(m, 4) for m in medians[name]],
+                            },
+                        )
                     )
-                )
+        _set_affinity(pids, every)
     return rows
+
+
+def _skipped(name: str, module: str, hint: str) -> Row:
+    return Row("peers", f"{name}: skipped ({module} not installed; {hint})", 0.0, "")

@@ -33,6 +33,7 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
         "peers",
         "registry",
         "sharing",
+        "aio",
     } <= groups
     names = {row["name"] for row in data["rows"]}
     for expected in (
@@ -45,6 +46,10 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
         "attach->first call",
         "recovery after SIGKILL, non-owner (kill->first call)",
     ):
+        assert expected in names
+    for expected in ("asyncio client, 64 in flight", "sync client, 8 threads"):
+        assert any(name.startswith(expected) for name in names), expected
+    for expected in ("pinned, trivial call: rpcgen", "unpinned, trivial call: rpcgen"):
         assert expected in names
     assert "benchmark" in result.stdout  # the table was printed
 
