@@ -194,8 +194,13 @@ def run(quick: bool) -> list[Row]:
     median of the block medians."""
     blocks = 2 if quick else 5
     rows: list[Row] = []
-    ours = BenchClient(free_port())
     with contextlib.ExitStack() as stack:
+        ray_peer: tuple[Echo, list[int]] | None = None
+        if importlib.util.find_spec("ray") is None:
+            rows.append(_skipped("Ray actor", "ray", "pip install 'ray'"))
+        else:  # first: Ray starts its own processes, before this one forks any
+            ray_peer = stack.enter_context(_ray_peer())
+        ours = BenchClient(free_port())
         stack.callback(ours.shutdown)
         assert ours.server_pid is not None
         variants: dict[str, Echo] = {"rpcgen": ours.echo}
@@ -207,11 +212,8 @@ def run(quick: bool) -> list[Row]:
                 continue
             echo, peer_pids = stack.enter_context(_peer(serve, connect))
             variants[name], pids = echo, pids + peer_pids
-        if importlib.util.find_spec("ray") is None:
-            rows.append(_skipped("Ray actor", "ray", "pip install 'ray'"))
-        else:
-            echo, peer_pids = stack.enter_context(_ray_peer())
-            variants["Ray actor"], pids = echo, pids + peer_pids
+        if ray_peer is not None:
+            variants["Ray actor"], pids = ray_peer[0], pids + ray_peer[1]
         for echo in variants.values():
             for _ in range(50):
                 echo(b"warm")
