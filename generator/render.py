@@ -21,12 +21,12 @@ from typing import Any, Literal
 from .errors import ServerModuleError, SpecError, SpecIssue
 from .imports import import_lines
 from .introspect import Import, ServerInterface, module_file, read_server_interface
-from .spec import ProjectSpec, ServiceSpec
+from .spec import DEFAULT_MAX_CONCURRENT_CALLS, ProjectSpec, ServiceSpec
 
 __all__ = ["TEMPLATE_VERSION", "Output", "Rendered", "black_mode", "render_project"]
 
 #: Bump when templates change in a way that changes output.
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2  # 2: the asyncio view (<Name>Aio), async tests, max_concurrent_calls
 
 Owner = Literal["rpcgen", "user"]
 
@@ -386,6 +386,7 @@ def _render_service(
         "package": spec.package,
         "has_echo": any(m.client_name == "echo" for m in interface.methods),
         "deps": deps,
+        "default_max_concurrent_calls": DEFAULT_MAX_CONCURRENT_CALLS,
     }
     files = [
         (base_path, "service_base.py.jinja", "rpcgen", "base"),

@@ -13,6 +13,7 @@ The spec lives in ``rpcgen.toml`` at the project root, or in ``[tool.rpcgen]`` o
     # server_module = "services.price_fetcher_server"   (default)
     # server_class = "PriceFetcherServer"               (default)
     start_timeout_s = 10.0
+    # max_concurrent_calls = 32   (calls one asyncio connection may run at once)
     depends_on = []
 
     [services.PriceFetcher.health]
@@ -67,7 +68,18 @@ SPEC_FILE = "rpcgen.toml"
 PYPROJECT = "pyproject.toml"
 
 _PROJECT_KEYS = ("schema_version", "package", "tests_dir", "host", "services")
-_SERVICE_KEYS = ("port", "server_module", "server_class", "health", "start_timeout_s", "depends_on")
+_SERVICE_KEYS = (
+    "port",
+    "server_module",
+    "server_class",
+    "health",
+    "start_timeout_s",
+    "max_concurrent_calls",
+    "depends_on",
+)
+#: The server's default for ``max_concurrent_calls`` (rpcgen.runtime.serve).
+DEFAULT_MAX_CONCURRENT_CALLS = 32
+MAX_CONCURRENT_CALLS_LIMIT = 1024
 _HEALTH_KEYS = ("enabled", "interval_s", "max_consecutive_failures", "auto_restart")
 
 
@@ -88,6 +100,7 @@ class ServiceSpec:
     health: HealthSpec = field(default_factory=HealthSpec)
     start_timeout_s: float = 10.0
     depends_on: tuple[str, ...] = ()
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
 
     @property
     def snake(self) -> str:
@@ -410,6 +423,19 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
         )
         ok = False
 
+    concurrent = body.get("max_concurrent_calls", DEFAULT_MAX_CONCURRENT_CALLS)
+    if (
+        not isinstance(concurrent, int)
+        or isinstance(concurrent, bool)
+        or not 1 <= concurrent <= MAX_CONCURRENT_CALLS_LIMIT
+    ):
+        c.add(
+            f"must be an integer from 1 to {MAX_CONCURRENT_CALLS_LIMIT}, got {concurrent!r}",
+            service=name,
+            field="max_concurrent_calls",
+        )
+        ok = False
+
     depends_on = body.get("depends_on", [])
     if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
         c.add("must be a list of service names", service=name, field="depends_on")
@@ -426,6 +452,7 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
         health=health,
         start_timeout_s=float(start_timeout),
         depends_on=tuple(depends_on),
+        max_concurrent_calls=int(concurrent),
     )
 
 
