@@ -370,6 +370,20 @@ def _render_service(
     typing_only = {Import(svc.server_module, svc.server_class)}
     typing_only |= {Import(f"{spec.package}.{dep.snake}", dep.name) for dep in deps}
     typing_only |= {imp for imp in interface.typing_imports if imp.bound not in bound}
+    taken = {imp.bound for imp in runtime | typing_only}
+    clashes = [own for own in (f"{svc.name}Aio", f"{svc.name}Base") if own in taken]
+    if clashes:
+        raise SpecError(
+            [
+                SpecIssue(
+                    spec.source,
+                    f"the generated class {own} would shadow the imported name {own} (a "
+                    "dependency, the server class, or a type its methods use); rename one",
+                    service=svc.name,
+                )
+                for own in clashes
+            ]
+        )
     context = {
         "svc": svc,
         "snake": svc.snake,

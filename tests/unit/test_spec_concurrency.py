@@ -1,4 +1,4 @@
-"""The ``max_concurrent_calls`` spec key: validated, and rendered only as a checked int."""
+"""Spec checks for the asyncio work: ``max_concurrent_calls``, and generated class names."""
 
 from __future__ import annotations
 
@@ -69,3 +69,28 @@ def test_the_default_renders_no_keyword(tmp_path: Path) -> None:
     write(tmp_path, "services/pricer_server.py", SERVER)
     generate(tmp_path)
     assert serve_rpc_keywords(tmp_path) == {}
+
+
+CLASH = """\
+schema_version = 1
+
+[services.Pricer]
+port = 50111
+depends_on = ["PricerAio"]
+
+[services.PricerAio]
+port = 50112
+"""
+
+
+def test_a_generated_class_may_not_shadow_an_imported_name(tmp_path: Path) -> None:
+    write(tmp_path, "rpcgen.toml", CLASH)
+    write(tmp_path, "services/__init__.py", "")
+    write(tmp_path, "services/pricer_server.py", SERVER)
+    write(tmp_path, "services/pricer_aio_server.py", SERVER.replace("Pricer", "PricerAio"))
+    with pytest.raises(SpecError) as info:
+        generate(tmp_path)
+    assert str(info.value).count("\n") == 0
+    assert "service Pricer" in str(info.value) or "Pricer:" in str(info.value)
+    assert "PricerAio would shadow" in str(info.value)
+    assert not (tmp_path / "services/pricer_base.py").exists()
