@@ -22,7 +22,7 @@ worker thread, so direct-mode tests see the same concurrency as RPC mode.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class AsyncView(Generic[ServerT]):
 
     def _rpc_call(
         self, method: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> Coroutine[Any, Any, _R]:
+    ) -> Awaitable[_R]:
         """Call the server method named by ``method`` (``self._rpc_server.<name>``)."""
         name = method if isinstance(method, str) else getattr(method, "__name__", "")
         return self._rpc_client._rpc_acall(str(name), args, kwargs)

@@ -14,6 +14,7 @@ whatever thread noticed, and closing there must not touch the loop's selector.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import os
 import socket
@@ -21,6 +22,7 @@ import struct
 import threading
 import weakref
 from asyncio import get_running_loop
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import CallTimeout, ServiceStopped
@@ -30,7 +32,7 @@ from .wire import FrameReader, ProtocolError, dumps, looks_big, tagged_frame
 if TYPE_CHECKING:
     from .transport import RPCProxy
 
-__all__ = ["ConnectionLost", "MuxConnection", "acall"]
+__all__ = ["MuxConnection", "acall"]
 
 _HEAD = struct.Struct("!iQ")  # a tagged frame's length and request id
 _SMALL_FRAME = 16_000
@@ -38,18 +40,27 @@ _SMALL_FRAME = 16_000
 _READ_SIZE = 1 << 16
 
 
-class ConnectionLost(Exception):
-    """In-flight calls' futures fail with this; :func:`acall` raises the typed error."""
-
-    def __init__(self, cause: BaseException | None) -> None:
-        super().__init__(repr(cause) if cause is not None else "connection closed by the server")
-        self.cause = cause
+def _settable(exc: Exception) -> Exception:
+    # A future cannot hold StopIteration (it would end the awaiting coroutine's frame).
+    if isinstance(exc, StopIteration):
+        error = RuntimeError(f"the server method raised StopIteration: {exc!r}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 class MuxConnection:
     """One authenticated, multiplexed connection, used by one event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, generation: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        generation: int,
+        *,
+        decode: Callable[[str, bytes], Any],
+        lost_error: Callable[[str, BaseException | None], Exception],
+    ) -> None:
         # Weak: the proxy's table maps the loop (weakly) to us, so a strong reference
         # here would keep every finished asyncio.run() loop, and our fd, alive.
         self._loop = weakref.ref(loop)
@@ -59,7 +70,11 @@ class MuxConnection:
         self._finished = False  # reader removed, fd closed, calls in flight failed
         self._fd_lock = threading.Lock()  # whoever closes the fd holds it
         self._thread = threading.get_ident()
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        # Replies are decoded here, on the loop, so that a call's future is all its caller
+        # awaits: no coroutine of ours per call.
+        self._decode = decode
+        self._lost_error = lost_error
+        self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._ids = itertools.count(1)
         self._reader = FrameReader()
         self._out: list[bytes | memoryview] = []
@@ -79,13 +94,13 @@ class MuxConnection:
     # -- calls (loop thread) -------------------------------------------------------------
 
     def request(
-        self, loop: asyncio.AbstractEventLoop, payload: bytes | memoryview
-    ) -> tuple[int, asyncio.Future[bytes]]:
-        """Send one pickled request: its id, and a future for its reply's pickle bytes."""
+        self, loop: asyncio.AbstractEventLoop, payload: bytes | memoryview, method: str
+    ) -> asyncio.Future[Any]:
+        """Send one pickled request; the future gets its result or its (typed) error."""
         ident = next(self._ids)
-        future: asyncio.Future[bytes] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         pending = self._pending
-        pending[ident] = future
+        pending[ident] = (future, method)
         size = len(payload)
         if size <= _SMALL_FRAME:
             self._out.append(_HEAD.pack(size + 8, ident) + payload)
@@ -98,7 +113,7 @@ class MuxConnection:
                 # Others are in flight: send with whatever this loop turn adds.
                 self._flush_scheduled = True
                 loop.call_soon(self._flush, loop)
-        return ident, future
+        return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_scheduled = False
@@ -141,18 +156,23 @@ class MuxConnection:
             self._lost(exc)
             return
         pending = self._pending
+        decode = self._decode
         for ident, body in frames:
-            future = pending.pop(ident, None)
-            # None or done: its caller was cancelled or timed out; the reply is dropped.
-            if future is not None and not future.done():
-                future.set_result(body)
-
-    def forget(self, ident: int) -> None:
-        """A cancelled call: its late reply, if any, is dropped when it comes."""
-        self._pending.pop(ident, None)
+            entry = pending.pop(ident, None)
+            if entry is None:
+                continue
+            future, method = entry
+            if future.done():  # its caller was cancelled or timed out: the reply is dropped
+                continue
+            try:
+                result = decode(method, body)
+            except Exception as exc:
+                future.set_exception(_settable(exc))
+            else:
+                future.set_result(result)
 
     def _lost(self, cause: BaseException | None) -> None:
-        """Close (loop thread): every call in flight fails with :class:`ConnectionLost`."""
+        """Close (loop thread): every call in flight fails with the typed transport error."""
         if self._finished:
             return
         self.closed = self._finished = True
@@ -164,9 +184,11 @@ class MuxConnection:
                 self._writer_registered = False
         self._close_fd()
         pending, self._pending = self._pending, {}
-        for future in pending.values():
+        for future, method in pending.values():
             if not future.done():
-                future.set_exception(ConnectionLost(cause))
+                error = self._lost_error(method, cause)
+                error.__cause__ = cause
+                future.set_exception(error)
 
     # -- closing (any thread) ------------------------------------------------------------
 
@@ -211,14 +233,17 @@ def _close_fd(lock: threading.Lock, box: list[int]) -> None:
         os.close(fd)
 
 
-async def acall(
+def acall(
     proxy: RPCProxy,
     method: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any] | None,
     timeout_s: float | None,
-) -> Any:
-    """Call ``method`` through this loop's multiplexed connection of ``proxy``."""
+) -> Awaitable[Any]:
+    """Call ``method`` through this loop's multiplexed connection of ``proxy``.
+
+    On the fast path (connection open, no timeout) the awaitable is the call's own future.
+    """
     kwargs = kwargs or {}
     big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
     payload = dumps((OBJECT_ID, method, args, kwargs), big)
@@ -226,33 +251,39 @@ async def acall(
     conn = proxy._rpc_mux_last  # most programs run one loop: skip the table
     if conn is None or conn._loop() is not loop:
         conn = proxy._rpc_mux.get(loop)
+    if (
+        timeout_s is not None
+        or conn is None
+        or conn.closed
+        or conn.generation != proxy._rpc_generation
+    ):
+        return _call(proxy, loop, conn, method, payload, timeout_s)
+    proxy._rpc_mux_last = conn
+    return conn.request(loop, payload, method)
+
+
+async def _call(
+    proxy: RPCProxy,
+    loop: asyncio.AbstractEventLoop,
+    conn: MuxConnection | None,
+    method: str,
+    payload: bytes | memoryview,
+    timeout_s: float | None,
+) -> Any:
     if conn is None or conn.closed or conn.generation != proxy._rpc_generation:
         conn = await _connection(proxy, loop, timeout_s)
     proxy._rpc_mux_last = conn
-    ident, future = conn.request(loop, payload)
+    future = conn.request(loop, payload, method)
     del payload
+    if timeout_s is None:
+        return await future
     try:
-        if timeout_s is None:
-            body = await future
-        else:
-            try:
-                body = await asyncio.wait_for(future, timeout_s)
-            except asyncio.TimeoutError:
-                conn.forget(ident)
-                host, port = proxy._rpc_where()
-                raise CallTimeout(
-                    service=proxy._rpc_service,
-                    host=host,
-                    port=port,
-                    method=method,
-                    timeout_s=timeout_s,
-                ) from None
-    except ConnectionLost as lost:
-        raise proxy._rpc_transport_error(method, lost.cause) from lost.cause
-    except asyncio.CancelledError:
-        conn.forget(ident)
-        raise
-    return proxy._rpc_decode(method, body)
+        return await asyncio.wait_for(future, timeout_s)  # cancels the future in time
+    except asyncio.TimeoutError:
+        host, port = proxy._rpc_where()
+        raise CallTimeout(
+            service=proxy._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
+        ) from None
 
 
 async def _connection(
@@ -277,12 +308,40 @@ def _opened(
         task.exception()  # retrieved: if every caller was cancelled, nobody else will
 
 
+def _handshake(
+    proxy: RPCProxy, timeout_s: float | None, result: concurrent.futures.Future[tuple[int, int]]
+) -> None:
+    if not result.set_running_or_notify_cancel():
+        return  # the caller was cancelled before we began
+    try:
+        result.set_result(proxy._rpc_open_mux(timeout_s))
+    except BaseException as exc:
+        result.set_exception(exc)
+
+
+def _close_unused(result: concurrent.futures.Future[tuple[int, int]]) -> None:
+    if not result.cancelled() and result.exception() is None:
+        os.close(result.result()[0])
+
+
 async def _open(
     proxy: RPCProxy, loop: asyncio.AbstractEventLoop, timeout_s: float | None
 ) -> MuxConnection:
-    # The handshake blocks (and may wait for a restart): not on the loop's thread.
-    fd, generation = await loop.run_in_executor(None, proxy._rpc_open_mux, timeout_s)
-    conn = MuxConnection(loop, fd, generation)
+    # The handshake blocks (and may wait for a restart): not on the loop's thread. Its own
+    # thread, not the loop's executor: if this task is cancelled (asyncio.run() ending
+    # mid-connect), the fd the handshake still returns must be closed, not leaked.
+    handshake: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+    threading.Thread(
+        target=_handshake, args=(proxy, timeout_s, handshake), name="rpcgen-connect", daemon=True
+    ).start()
+    try:
+        fd, generation = await asyncio.wrap_future(handshake)
+    except asyncio.CancelledError:
+        handshake.add_done_callback(_close_unused)
+        raise
+    conn = MuxConnection(
+        loop, fd, generation, decode=proxy._rpc_decode, lost_error=proxy._rpc_transport_error
+    )
     with proxy._rpc_lock:
         closed = proxy._rpc_closed
         if not closed:

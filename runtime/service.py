@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -452,7 +452,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
-    ) -> Coroutine[Any, Any, Any]:
+    ) -> Awaitable[Any]:
         """Call server method ``method`` from a coroutine (what :attr:`aio` uses)."""
         proxy: Any = self._server_proxy
         if self._rpc_state is ServiceState.DIRECT:

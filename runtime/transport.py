@@ -24,7 +24,7 @@ import struct
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from multiprocessing import AuthenticationError, connection, managers
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +112,7 @@ def connect(address: Address, timeout_s: float | None) -> socket.socket:
 
 
 _loads = pickle.loads
-_acall: Callable[..., Coroutine[Any, Any, Any]] | None = None
+_acall: Callable[..., Awaitable[Any]] | None = None
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -517,8 +517,8 @@ class RPCProxy:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
-    ) -> Coroutine[Any, Any, Any]:
-        """:meth:`_rpc_call` as a coroutine, on this event loop's multiplexed connection.
+    ) -> Awaitable[Any]:
+        """:meth:`_rpc_call` as an awaitable, on this event loop's multiplexed connection.
 
         A cancelled or timed-out call's late reply is dropped; the connection stays
         in step. Transport failures raise the same errors as :meth:`_rpc_call`.

@@ -311,3 +311,24 @@ def test_calls_before_start_or_after_shutdown_are_typed(port: int) -> None:
             await client.aio.echo(1)
 
     run(main)
+
+
+def test_a_call_cancelled_while_connecting_leaks_no_fd(echo: Echo) -> None:
+    # The handshake runs in its own thread; cancelled mid-connect (as asyncio.run() ending
+    # does), the connection it still opens must be closed, not leaked.
+    run(lambda: echo.aio.echo("warm"))
+    before = open_fds()
+
+    async def cancel_while_connecting() -> None:
+        task = asyncio.ensure_future(echo.aio.echo("never"))
+        await asyncio.sleep(0)  # the task starts connecting
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for _ in range(20):
+        run(cancel_while_connecting)
+    import gc
+
+    gc.collect()
+    wait_until(lambda: open_fds() <= before, what=f"fds back to {before}, now {open_fds()}")
