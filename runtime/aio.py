@@ -35,17 +35,13 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-class _MethodName(str):
-    __slots__ = ()
-
-
 class _Names:
     """Stands in for the server object: ``names.price_rpc`` is just ``"price_rpc"``."""
 
     __slots__ = ()
 
-    def __getattr__(self, name: str) -> _MethodName:
-        return _MethodName(name)
+    def __getattr__(self, name: str) -> str:
+        return name
 
 
 _NAMES = _Names()
@@ -77,7 +73,7 @@ class AsyncView(Generic[ServerT]):
     ) -> Awaitable[_R]:
         """Call the server method named by ``method`` (``self._rpc_server.<name>``)."""
         name = method if isinstance(method, str) else getattr(method, "__name__", "")
-        return self._rpc_client._rpc_acall(str(name), args, kwargs)
+        return self._rpc_client._rpc_acall(name, args, kwargs)
 
     @staticmethod
     def _rpc_typed_as(method: Callable[..., Awaitable[_R]], value: Any) -> _R:

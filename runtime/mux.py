@@ -18,7 +18,6 @@ import concurrent.futures
 import itertools
 import os
 import socket
-import struct
 import threading
 import weakref
 from asyncio import get_running_loop
@@ -26,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import CallTimeout, ServiceStopped
-from .transport import OBJECT_ID
+from .transport import OBJECT_ID, describe
 from .wire import FrameReader, ProtocolError, dumps, looks_big, tagged_frame
 
 if TYPE_CHECKING:
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MuxConnection", "acall"]
 
-_HEAD = struct.Struct("!iQ")  # a tagged frame's length and request id
-_SMALL_FRAME = 16_000
 # Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
 _READ_SIZE = 1 << 16
 
@@ -101,11 +98,7 @@ class MuxConnection:
         future: asyncio.Future[Any] = loop.create_future()
         pending = self._pending
         pending[ident] = (future, method)
-        size = len(payload)
-        if size <= _SMALL_FRAME:
-            self._out.append(_HEAD.pack(size + 8, ident) + payload)
-        else:
-            self._out.extend(tagged_frame(ident, payload))
+        self._out.extend(tagged_frame(ident, payload))
         if not (self._flush_scheduled or self._writer_registered):
             if len(pending) == 1:
                 self._flush(loop)  # nothing else in flight: send now, no extra loop turn
@@ -280,7 +273,7 @@ async def _call(
     try:
         return await asyncio.wait_for(future, timeout_s)  # cancels the future in time
     except asyncio.TimeoutError:
-        host, port = proxy._rpc_where()
+        host, port = describe(proxy._rpc_address)
         raise CallTimeout(
             service=proxy._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
         ) from None

@@ -530,9 +530,6 @@ class RPCProxy:
             _acall = acall
         return _acall(self, method, args, kwargs, timeout_s)
 
-    def _rpc_where(self) -> tuple[str, int | str]:
-        return describe(self._rpc_address)
-
     def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception:
         """The typed error for a call whose connection failed (``exc``; None: EOF)."""
         if self._rpc_closed:
