@@ -191,26 +191,43 @@ def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
         )
 
 
-@app.command(help="List the rpcgen servers running on this machine.")
+@app.command(help="List the rpcgen servers running here, and Ray-backed services.")
 def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="ADDRESS",
+            help="Ray cluster to list (default: $RAY_ADDRESS, else the one `ray start` ran here).",
+        ),
+    ] = None,
 ) -> None:
     """List running rpcgen servers: by process title, with their directory generation."""
     import json
 
+    from rpcgen.runtime.errors import ServiceUnavailable
     from rpcgen.runtime.process import list_servers
+    from rpcgen.runtime.ray_backend import list_cluster_services
 
     servers = list_servers()
+    try:
+        cluster, actors = list_cluster_services(ray_address)
+    except ServiceUnavailable as exc:  # the local list is still worth printing
+        typer.echo(f"rpcgen: warning: {exc.reason} ({exc.port}); Ray services not listed", err=True)
+        cluster, actors = None, []
     if as_json:
-        typer.echo(json.dumps([s.as_dict() for s in servers], indent=2, sort_keys=True))
+        rows = [s.as_dict() for s in servers]
+        rows += [{"backend": "ray", "cluster": cluster, **actor} for actor in actors]
+        typer.echo(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return
-    if not servers:
+    if not servers and not actors:
         typer.echo("no rpcgen servers running")
-        return
-    typer.echo(
-        f"{'service':<24} {'port':>5} {'pid':>7} {'ppid':>7} {'owner':>7} {'gen':>4} "
-        f"{'uptime':>9} {'rss':>9}"
-    )
+    if servers:
+        typer.echo(
+            f"{'service':<24} {'port':>5} {'pid':>7} {'ppid':>7} {'owner':>7} {'gen':>4} "
+            f"{'uptime':>9} {'rss':>9}"
+        )
     for s in servers:
         owner = str(s.owner_pid) if s.owner_alive else f"{s.owner_pid}!"
         rss = f"{s.rss_bytes / 2**20:.1f}M"
@@ -221,6 +238,17 @@ def ps(
         )
     if any(not s.owner_alive for s in servers):
         typer.echo("! owner process gone: an orphan (it exits by itself within moments)")
+    if actors:
+        typer.echo(f"Ray actors (cluster {cluster}):")
+        typer.echo(f"{'service':<24} {'namespace':<12} {'pid':>7} {'node':<15} {'owner':<24}")
+        for a in actors:
+            made_by = a.get("owner") or {}
+            who = f"{made_by.get('pid', '?')}@{made_by.get('host', '?')}"
+            who += " (detached)" if a.get("detached") else ""
+            typer.echo(
+                f"{a['service']:<24} {a['namespace']:<12} {a.get('pid') or '?':>7} "
+                f"{a.get('node_ip', '?'):<15} {who:<24}{'  ' + a['error'] if 'error' in a else ''}"
+            )
 
 
 def _duration(seconds: float) -> str:

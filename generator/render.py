@@ -21,12 +21,12 @@ from typing import Any, Literal
 from .errors import ServerModuleError, SpecError, SpecIssue
 from .imports import import_lines
 from .introspect import Import, ServerInterface, module_file, read_server_interface
-from .spec import DEFAULT_MAX_CONCURRENT_CALLS, ProjectSpec, ServiceSpec
+from .spec import DEFAULT_MAX_CONCURRENT_CALLS, ProjectSpec, RaySpec, ServiceSpec
 
 __all__ = ["TEMPLATE_VERSION", "Output", "Rendered", "black_mode", "render_project"]
 
 #: Bump when templates change in a way that changes output.
-TEMPLATE_VERSION = 2  # 2: the asyncio view (<Name>Aio), async tests, max_concurrent_calls
+TEMPLATE_VERSION = 3  # 2: the asyncio view, async tests, max_concurrent_calls; 3: backend
 
 Owner = Literal["rpcgen", "user"]
 
@@ -115,6 +115,8 @@ def py_literal(value: Any) -> str:
         return repr(value)
     if type(value) in (tuple, list):
         return repr(tuple(ast.literal_eval(py_literal(item)) for item in value))
+    if type(value) is dict and all(type(key) is str for key in value):
+        return repr({key: ast.literal_eval(py_literal(item)) for key, item in value.items()})
     raise TypeError(f"refusing to render {type(value).__name__} {value!r} into generated code")
 
 
@@ -340,6 +342,21 @@ def _read(path: Path) -> str | None:
         raise ServerModuleError(path=str(path), service="?", reason=f"cannot read: {exc}") from exc
 
 
+def _ray_options(ray: RaySpec | None) -> list[str]:
+    """``RayOptions(...)``'s keyword arguments (those not at their default), as source."""
+    if ray is None:
+        return []
+    defaults = RaySpec()
+    args = []
+    for key in ("namespace", "num_cpus", "num_gpus", "max_concurrency", "max_restarts", "detached"):
+        value = getattr(ray, key)
+        if value != getattr(defaults, key):
+            args.append(f"{key}={py_literal(value)}")
+    if ray.resources:
+        args.append(f"resources={py_literal(dict(ray.resources))}")
+    return args
+
+
 def _render_service(
     env: Any,
     mode: Any,
@@ -365,6 +382,8 @@ def _render_service(
         Import("rpcgen.runtime", "serve_rpc"),
         *interface.runtime_imports,
     }
+    if svc.ray is not None:
+        runtime.add(Import("rpcgen.runtime", "RayOptions"))
     bound = {imp.bound for imp in runtime}
     deps = [spec.service(name) for name in svc.depends_on]
     typing_only = {Import(svc.server_module, svc.server_class)}
@@ -401,6 +420,7 @@ def _render_service(
         "has_echo": any(m.client_name == "echo" for m in interface.methods),
         "deps": deps,
         "default_max_concurrent_calls": DEFAULT_MAX_CONCURRENT_CALLS,
+        "ray_options": _ray_options(svc.ray),
     }
     files = [
         (base_path, "service_base.py.jinja", "rpcgen", "base"),

@@ -14,6 +14,7 @@ The spec lives in ``rpcgen.toml`` at the project root, or in ``[tool.rpcgen]`` o
     # server_class = "PriceFetcherServer"               (default)
     start_timeout_s = 10.0
     # max_concurrent_calls = 32   (calls one asyncio connection may run at once)
+    # backend = "process"         (or "ray": the server in a named Ray actor)
     depends_on = []
 
     [services.PriceFetcher.health]
@@ -21,6 +22,17 @@ The spec lives in ``rpcgen.toml`` at the project root, or in ``[tool.rpcgen]`` o
     interval_s = 60
     max_consecutive_failures = 3
     auto_restart = true
+
+    # backend = "ray" only; every key optional:
+    # [services.PriceFetcher.ray]
+    # address = "ray://head:10001"   (default: $RAY_ADDRESS, else a local Ray)
+    # namespace = "rpcgen"
+    # num_cpus = 1
+    # num_gpus = 0
+    # resources = { node_b = 1 }
+    # max_concurrency = 32           (calls the actor runs at once)
+    # max_restarts = -1              (Ray restarts a dead actor; -1: always)
+    # detached = false               (outlive the program that started it)
 
 Validation reports every problem at once, one line each, naming the file, the
 service and the field. Edits go through tomlkit, so comments and order survive.
@@ -48,6 +60,7 @@ __all__ = [
     "HealthSpec",
     "NewService",
     "ProjectSpec",
+    "RaySpec",
     "ServiceSpec",
     "SpecLocation",
     "add_service",
@@ -76,11 +89,24 @@ _SERVICE_KEYS = (
     "start_timeout_s",
     "max_concurrent_calls",
     "depends_on",
+    "backend",
+    "ray",
 )
 #: The server's default for ``max_concurrent_calls`` (rpcgen.runtime.serve).
 DEFAULT_MAX_CONCURRENT_CALLS = 32
 MAX_CONCURRENT_CALLS_LIMIT = 1024
 _HEALTH_KEYS = ("enabled", "interval_s", "max_consecutive_failures", "auto_restart")
+BACKENDS = ("process", "ray")
+_RAY_KEYS = (
+    "address",
+    "namespace",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "max_concurrency",
+    "max_restarts",
+    "detached",
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,20 @@ class HealthSpec:
     interval_s: float = 60.0
     max_consecutive_failures: int = 3
     auto_restart: bool = True
+
+
+@dataclass(frozen=True)
+class RaySpec:
+    """``[services.Name.ray]``: where the actor runs and how Ray keeps it alive."""
+
+    address: str | None = None
+    namespace: str = "rpcgen"
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    max_concurrency: int = DEFAULT_MAX_CONCURRENT_CALLS
+    max_restarts: int = -1
+    detached: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +141,9 @@ class ServiceSpec:
     start_timeout_s: float = 10.0
     depends_on: tuple[str, ...] = ()
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
+    backend: str = "process"
+    #: set when backend is "ray" (its defaults when the spec has no ray table)
+    ray: RaySpec | None = None
 
     @property
     def snake(self) -> str:
@@ -441,6 +484,34 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
         c.add("must be a list of service names", service=name, field="depends_on")
         ok, depends_on = False, []
 
+    backend = body.get("backend", "process")
+    ray: RaySpec | None = None
+    if backend not in BACKENDS:
+        c.add(
+            f"must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}",
+            service=name,
+            field="backend",
+        )
+        ok = False
+    elif backend == "ray":
+        if "max_concurrent_calls" in body:
+            c.add(
+                'applies only to backend = "process"; a Ray actor takes ray.max_concurrency',
+                service=name,
+                field="max_concurrent_calls",
+            )
+            ok = False
+        ray = _parse_ray(c, name, body.get("ray", {}))
+        ok = ok and ray is not None
+    elif "ray" in body:
+        c.add(
+            'Ray settings apply only to backend = "ray" (this service runs in a process); '
+            'add backend = "ray" or remove the table',
+            service=name,
+            field="ray",
+        )
+        ok = False
+
     health = _parse_health(c, name, body.get("health", {}))
     if health is None or not ok:
         return None
@@ -453,6 +524,63 @@ def _parse_service(c: _Checker, name: str, body: Any, package: str) -> ServiceSp
         start_timeout_s=float(start_timeout),
         depends_on=tuple(depends_on),
         max_concurrent_calls=int(concurrent),
+        backend=str(backend),
+        ray=ray,
+    )
+
+
+def _parse_ray(c: _Checker, name: str, body: Any) -> RaySpec | None:
+    if not isinstance(body, Mapping):
+        c.add("must be a table", service=name, field="ray")
+        return None
+    c.unknown(body, _RAY_KEYS, name, "ray.")
+    before = len(c.issues)
+    defaults = RaySpec()
+
+    def bad(key: str, want: str) -> None:
+        c.add(f"must be {want}, got {body[key]!r}", service=name, field=f"ray.{key}")
+
+    address = body.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        bad("address", "a Ray address like 'ray://head:10001' or 'auto'")
+    namespace = body.get("namespace", defaults.namespace)
+    if not isinstance(namespace, str) or not namespace.strip():
+        bad("namespace", "a non-empty string")
+    for key in ("num_cpus", "num_gpus"):
+        value = body.get(key)
+        if value is not None and (not _is_number(value) or value < 0):
+            bad(key, "a number >= 0")
+    resources = body.get("resources", {})
+    if not isinstance(resources, Mapping) or not all(
+        isinstance(k, str) and k and _is_number(v) and v >= 0 for k, v in resources.items()
+    ):
+        bad("resources", "a table of resource names to numbers >= 0, like { node_b = 1 }")
+        resources = {}
+    concurrency = body.get("max_concurrency", defaults.max_concurrency)
+    if (
+        not isinstance(concurrency, int)
+        or isinstance(concurrency, bool)
+        or not 1 <= concurrency <= MAX_CONCURRENT_CALLS_LIMIT
+    ):
+        bad("max_concurrency", f"an integer from 1 to {MAX_CONCURRENT_CALLS_LIMIT}")
+    restarts = body.get("max_restarts", defaults.max_restarts)
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < -1:
+        bad("max_restarts", "an integer >= -1 (-1: always restart)")
+    detached = body.get("detached", defaults.detached)
+    if not isinstance(detached, bool):
+        bad("detached", "true or false")
+    if len(c.issues) != before:
+        return None
+    num_cpus, num_gpus = body.get("num_cpus"), body.get("num_gpus")
+    return RaySpec(
+        address=str(address) if address is not None else None,
+        namespace=str(namespace),
+        num_cpus=float(num_cpus) if num_cpus is not None else None,
+        num_gpus=float(num_gpus) if num_gpus is not None else None,
+        resources=tuple(sorted((str(k), float(v)) for k, v in resources.items())),
+        max_concurrency=int(concurrency),
+        max_restarts=int(restarts),
+        detached=bool(detached),
     )
 
 

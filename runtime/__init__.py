@@ -5,13 +5,16 @@ imports the generator's dependencies (jinja2, typer, black).
 """
 
 from .aio import AsyncView
+from .backend import RayOptions
 from .direct import PicklingProxy
 from .endpoint import Address, Endpoint
 from .errors import (
+    BackendNotInstalled,
     CallTimeout,
     NotPicklableError,
     PortInUseError,
     RemoteCallError,
+    ServiceAlreadyRunning,
     ServiceAuthenticationError,
     ServiceError,
     ServiceNotFound,
@@ -41,6 +44,7 @@ from .transport import RPCProxy
 __all__ = [
     "Address",
     "AsyncView",
+    "BackendNotInstalled",
     "CallTimeout",
     "Endpoint",
     "HealthPolicy",
@@ -52,11 +56,13 @@ __all__ = [
     "PortInUseError",
     "RPCProxy",
     "RPCServiceBase",
+    "RayOptions",
     "ReadySignal",
     "RemoteCallError",
     "RestartPolicy",
     "ServerProcess",
     "ServerTitle",
+    "ServiceAlreadyRunning",
     "ServiceAuthenticationError",
     "ServiceError",
     "ServiceGraph",

@@ -19,7 +19,10 @@ callers' existing ``except`` clauses already catch::
     │                                             the port
     ├── UnsafeBindError (ValueError)              a network address without an authkey file
     ├── ServiceStopped (RuntimeError)             used after shutdown()
-    └── NotPicklableError (TypeError)             direct-mode client pickled
+    ├── NotPicklableError (TypeError)             direct-mode client pickled
+    ├── ServiceAlreadyRunning (RuntimeError)      backend="ray": a live actor of that name
+    │                                             has a live owner
+    └── BackendNotInstalled (ImportError)         backend="ray" without ray installed
 
 The raw errors of :mod:`multiprocessing.managers` (``ConnectionRefusedError``,
 ``EOFError``, ``AuthenticationError``, ``RemoteError``) reach users only wrapped in
@@ -39,11 +42,13 @@ from multiprocessing import AuthenticationError
 from typing import Any
 
 __all__ = [
+    "BackendNotInstalled",
     "CallTimeout",
     "NotPicklableError",
     "PortInUseError",
     "RemoteCallError",
     "RemoteTraceback",
+    "ServiceAlreadyRunning",
     "ServiceAuthenticationError",
     "ServiceError",
     "ServiceNotFound",
@@ -199,23 +204,34 @@ class StartupError(RuntimeError, ServiceError):
         port: int | str,
         exitcode: int | None = None,
         detail: str | None = None,
+        where: str | None = None,
     ) -> None:
         self.service, self.port, self.exitcode, self.detail = service, port, exitcode, detail
+        self.where = where
         what = f"exited with code {exitcode}" if exitcode is not None else "failed"
         tail = f": {detail}" if detail else "; see the server's stderr for its traceback"
-        super().__init__(
-            f"server process of service {service!r} (port {port}) {what} before it was ready{tail}"
-        )
+        subject = where or f"server process of service {service!r} (port {port})"
+        super().__init__(f"{subject} {what} before it was ready{tail}")
 
 
 class StartupTimeout(TimeoutError, ServiceError):
     """The server process did not signal readiness in time; it was terminated."""
 
-    def __init__(self, *, service: str, port: int | str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        port: int | str,
+        timeout_s: float,
+        where: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         self.service, self.port, self.timeout_s = service, port, timeout_s
+        self.where, self.detail = where, detail
+        subject = where or f"server process of service {service!r} (port {port})"
+        hint = detail or "raise start_timeout_s if its setup is slow"
         super().__init__(
-            f"server process of service {service!r} (port {port}) was not ready within "
-            f"{timeout_s:g}s and was terminated; raise start_timeout_s if its setup is slow"
+            f"{subject} was not ready within {timeout_s:g}s and was terminated; {hint}"
         )
 
 
@@ -284,4 +300,27 @@ class UnsafeBindError(ValueError, ServiceError):
             "anyone with the key) to the network; pass authkey_file=PATH (a 0600 file, created "
             "with a fresh key if missing) so that clients on other hosts share a key you "
             "control, or keep the default host 127.0.0.1"
+        )
+
+
+class ServiceAlreadyRunning(RuntimeError, ServiceError):
+    """backend="ray": an actor of the service's name runs, and its owner is alive (or
+    it cannot be told to be gone), so it was not touched."""
+
+    def __init__(self, *, service: str, where: str, owner: str) -> None:
+        self.service, self.where, self.owner = service, where, owner
+        super().__init__(
+            f"service {service!r} already runs as {where}, owned by {owner}, so it was not "
+            f"touched; use {service}.attach() to share it, or stop it first"
+        )
+
+
+class BackendNotInstalled(ImportError, ServiceError):
+    """The service's backend needs a package that is not installed."""
+
+    def __init__(self, *, service: str, backend: str, extra: str) -> None:
+        self.service, self.backend, self.extra = service, backend, extra
+        super().__init__(
+            f"service {service!r} uses backend={backend!r}, but {backend} is not installed: "
+            f"pip install 'rpcgen[{extra}]'"
         )

@@ -33,10 +33,11 @@ from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import directory
 from .aio import AsyncView
+from .backend import RayOptions, check_backend
 from .direct import PicklingProxy
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -44,6 +45,7 @@ from .errors import (
     NotPicklableError,
     ServiceAuthenticationError,
     ServiceError,
+    ServiceNotFound,
     ServiceStopped,
     ServiceUnavailable,
     UnsafeBindError,
@@ -60,6 +62,9 @@ from .serve import (
 from .sharing import is_loopback, locate, stop_hung_server, wait_until_published
 from .supervise import HEALTHY, Probe, ProcessWatcher, RestartOutcome, Supervisor
 from .transport import RPCProxy, request_shutdown, unix_socket_path
+
+if TYPE_CHECKING:  # imported when a client uses backend="ray", never before
+    from .ray_backend import RayHost, RayProxy
 
 __all__ = ["RPCServiceBase", "ServiceState"]
 
@@ -140,6 +145,8 @@ _TRANSIENT = (
     "_rpc_not_restarting",
     "_rpc_process",
     "_rpc_proxy",
+    "_rpc_ray",
+    "_rpc_ray_proxy",
     "_rpc_direct",
     "_rpc_monitor",
     "_rpc_monitor_stop",
@@ -165,6 +172,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     #: Generated clients set these, so that ``attach()`` needs no arguments.
     rpc_service_name: str | None = None
     rpc_default_port: int | None = None
+    rpc_backend: str = "process"
+    rpc_ray_address: str | None = None
+    rpc_ray_options: RayOptions | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -203,6 +213,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         authkey_file: str | os.PathLike[str] | None = None,
+        backend: str = "process",
+        ray_address: str | None = None,
+        ray_options: RayOptions | None = None,
     ) -> None:
         if not service_name or not service_name.replace("_", "a").replace(".", "a").isalnum():
             raise ValueError(f"service_name must be an identifier, got {service_name!r}")
@@ -212,6 +225,25 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
         if transport == "tcp" and not is_loopback(host) and authkey_file is None:
             raise UnsafeBindError(service=service_name, host=host)
+        check_backend(
+            service_name,
+            backend,
+            ray_address=ray_address,
+            ray_options=ray_options,
+            process_only={
+                "transport": transport != "tcp",
+                "socket_dir": socket_dir is not None,
+                "authkey_file": authkey_file is not None,
+                "handshake_timeout_s": handshake_timeout_s != DEFAULT_HANDSHAKE_TIMEOUT_S,
+                "max_concurrent_calls": max_concurrent_calls != DEFAULT_MAX_CONCURRENT_CALLS,
+            },
+        )
+        #: "process" (the server in its own process) or "ray" (in a named Ray actor)
+        self.backend = backend
+        self.ray_address = ray_address
+        self.ray_options = (ray_options or RayOptions()) if backend == "ray" else None
+        #: backend="ray": the Ray cluster's address, for clients unpickled elsewhere
+        self._rpc_ray_cluster: str | None = ray_address
         self.service_name = service_name
         self.port = port
         self.host = host
@@ -260,6 +292,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self._rpc_not_restarting.set()
         self._rpc_process: BaseProcess | None = None
         self._rpc_proxy: RPCProxy | None = None
+        self._rpc_ray: RayHost | None = None
+        self._rpc_ray_proxy: RayProxy | None = None
         self._rpc_direct: Any = None
         self._rpc_monitor: threading.Thread | None = None
         self._rpc_monitor_stop: threading.Event | None = None
@@ -356,6 +390,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         ``__init__`` is not called, so any client class works, generated or not.
         """
         name = service_name or cls.rpc_service_name
+        if options.get("backend", cls.rpc_backend) == "ray":
+            return cls._rpc_attach_actor(name, timeout_s, options)
         found = locate(  # by name on any port, unless a port is given (or there is no name)
             port=port if port is not None or name else cls.rpc_default_port,
             service=name,
@@ -384,6 +420,46 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         except ServiceUnavailable:  # a stale entry, or a restart under way: wait for it
             client._rpc_connect(client._rpc_proxy, None, timeout_s)
         client._rpc_log.info("%s attached at %s", found.service, client._rpc_label())
+        return client
+
+    @classmethod
+    def _rpc_attach_actor(
+        cls: type[_Service], name: str | None, timeout_s: float, options: dict[str, Any]
+    ) -> _Service:
+        """``attach()`` to a Ray-backed service: its named actor, waited for up to ``timeout_s``."""
+        from .ray_backend import RayProxy
+
+        if not name:
+            raise ValueError(f"{cls.__name__}.attach() of a Ray-backed service needs service_name=")
+        options["backend"] = "ray"
+        options.setdefault("ray_address", cls.rpc_ray_address)
+        options.setdefault("ray_options", cls.rpc_ray_options)
+        client: _Service = cls.__new__(cls)
+        RPCServiceBase.__init__(client, name, cls.rpc_default_port or 1, **options)
+        assert client.ray_options is not None
+        proxy = RayProxy(
+            service=name, namespace=client.ray_options.namespace, address=client.ray_address
+        )
+        deadline = client._clock() + timeout_s
+        attempt = 0
+        while True:
+            try:
+                client._rpc_server_pid = proxy._rpc_worker_pid(max(deadline - client._clock(), 0.1))
+                break
+            except ServiceUnavailable:
+                remaining = deadline - client._clock()
+                if remaining <= 0:
+                    raise ServiceNotFound(service=name, port=None, timeout_s=timeout_s) from None
+                attempt += 1
+                client._sleep(
+                    min(remaining, backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.5))
+                )
+        client._rpc_owner_pid = -1
+        client._rpc_seen = (client._rpc_server_pid, 1)
+        client._rpc_ray_proxy = proxy
+        client._rpc_ray_cluster = proxy._rpc_cluster_address()
+        client._rpc_state = ServiceState.RUNNING
+        client._rpc_log.info("%s attached at %s", name, client._rpc_label())
         return client
 
     @property
@@ -417,7 +493,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     def _server_proxy(self) -> ServerT:
         if self._rpc_state is ServiceState.DIRECT:
             return cast(ServerT, self._rpc_direct)
-        proxy = self._rpc_proxy
+        proxy: Any = self._rpc_ray_proxy or self._rpc_proxy
         if proxy is None:
             if self._rpc_state is ServiceState.STOPPED:
                 raise ServiceStopped(service=self.service_name)
@@ -459,7 +535,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             return _call_in_thread(
                 functools.partial(getattr(proxy, method), *args, **(kwargs or {}))
             )
-        return cast(RPCProxy, proxy)._rpc_acall(method, args, kwargs, timeout_s)
+        return cast("RPCProxy | RayProxy", proxy)._rpc_acall(method, args, kwargs, timeout_s)
 
     @staticmethod
     def _rpc_typed_as(method: Callable[..., _R], value: Any) -> _R:
@@ -514,6 +590,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 self._rpc_proxy._rpc_close()
             if self.is_owner:
                 self._rpc_stop_server_process()
+            if self._rpc_ray_proxy is not None:
+                self._rpc_ray_proxy._rpc_close()
                 self._rpc_forget_key()
             _LIVE_SERVICES.discard(self)
         if self._rpc_dispatcher_obj is not None:
@@ -600,6 +678,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self.shutdown()
 
     def _rpc_label(self) -> str:
+        if self.ray_options is not None:
+            return f"ray:{self.ray_options.namespace}/{self.service_name}"
         return self.endpoint.label
 
     def __repr__(self) -> str:
@@ -630,6 +710,15 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         self.__dict__.update(state)
         self._rpc_init_transient()
         self._rpc_owner_pid = -1
+        if self.ray_options is not None:
+            from .ray_backend import RayProxy
+
+            self._rpc_ray_proxy = RayProxy(
+                service=self.service_name,
+                namespace=self.ray_options.namespace,
+                address=self._rpc_ray_cluster,
+            )
+            return
         assert self._rpc_authkey is not None
         self._rpc_proxy = self._rpc_new_proxy(self._rpc_authkey.value)
 
@@ -637,8 +726,10 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         # A forked child inherits this object: it must never stop its parent's server.
         if self.is_owner:
             self.shutdown()
-        elif self._rpc_proxy is not None:
-            self._rpc_proxy._rpc_close()
+        else:
+            for proxy in (self._rpc_proxy, self._rpc_ray_proxy):
+                if proxy is not None:
+                    proxy._rpc_close()
 
     def __del__(self) -> None:
         try:
@@ -760,6 +851,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         )
 
     def _rpc_start_server(self) -> int | None:
+        if self.ray_options is not None:
+            return self._rpc_start_actor()
         address = self.address
         cleanup_stale(
             self.service_name,
@@ -812,6 +905,35 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             self._rpc_watcher.wake()  # watch the new process
         return process.pid
 
+    def _rpc_start_actor(self) -> int:
+        """backend="ray": create the service's actor; its worker's pid once it answers."""
+        from .ray_backend import RayHost
+
+        assert self.ray_options is not None
+        self._rpc_owner_pid = os.getpid()
+        host = self._rpc_ray
+        if host is None:
+            host = self._rpc_ray = RayHost(
+                client=self,
+                options=self.ray_options,
+                address=self.ray_address,
+                log=self._rpc_log,
+                clock=self._clock,
+                sleep=self._sleep,
+            )
+        pid = host.start(self.start_timeout_s, self.shutdown_timeout_s)
+        self._rpc_actor_started(host, pid)
+        return pid
+
+    def _rpc_actor_started(self, host: RayHost, pid: int) -> None:
+        self._rpc_ray_proxy = host.proxy
+        self._rpc_ray_cluster = host.proxy._rpc_cluster_address()
+        self._rpc_server_pid = pid
+        self._rpc_seen = (pid, self._rpc_seen[1] + 1)
+        self._rpc_log.info(
+            "%s actor started (worker pid %s) as %s", self.service_name, pid, self._rpc_label()
+        )
+
     def _rpc_connect(self, proxy: RPCProxy, process: BaseProcess | None, timeout_s: float) -> None:
         """Open this thread's connection, retrying with backoff under a deadline."""
         deadline = self._clock() + timeout_s
@@ -832,6 +954,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 )
 
     def _rpc_stop_server_process(self) -> None:
+        if self._rpc_ray is not None and self.is_owner:
+            self._rpc_ray.stop(self.shutdown_timeout_s)
+            return
         process, self._rpc_process = self._rpc_process, None
         if process is None or not self.is_owner:
             return
@@ -882,6 +1007,10 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             return ok
 
     def _rpc_restart_once(self) -> int | None:
+        if self._rpc_ray is not None:  # kill it: Ray restarts it (or we make it anew)
+            pid = self._rpc_ray.restart(self.start_timeout_s, self._rpc_server_pid)
+            self._rpc_actor_started(self._rpc_ray, pid)
+            return pid
         self._rpc_stop_server_process()
         return self._rpc_start_server()
 
@@ -889,7 +1018,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
 
     def _rpc_start_watcher(self) -> None:
         """Owner: a thread that restarts the server as soon as its process dies."""
-        if self._rpc_watcher is None and self.is_owner:
+        if self._rpc_watcher is None and self.is_owner and self.ray_options is None:
             self._rpc_watcher = ProcessWatcher(self, self.service_name)
 
     def _rpc_stop_watcher(self) -> None:
@@ -928,6 +1057,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     def _rpc_probe(self) -> Probe:
         """One health check."""
         self._rpc_probed = self._rpc_seen
+        if self._rpc_ray_proxy is not None:
+            return self._rpc_probe_actor(self._rpc_ray_proxy)
         if self._rpc_state is ServiceState.DIRECT:
             target: Any = self._rpc_direct
         else:
@@ -966,6 +1097,32 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
             return Probe(FailureKind.STATUS, f"health_check_rpc returned {result!r}")
         return HEALTHY
 
+    def _rpc_probe_actor(self, proxy: RayProxy) -> Probe:
+        """One health check of a Ray-backed service; notes a restart Ray made."""
+        try:
+            pid, result = proxy._rpc_health(self.health_policy.check_timeout_s)
+        except CallTimeout as exc:
+            return Probe(FailureKind.TRANSPORT, exc.reason)
+        except (ServiceUnavailable, ServiceStopped) as exc:
+            reason = exc.reason if isinstance(exc, ServiceUnavailable) else str(exc)
+            return Probe(FailureKind.TRANSPORT, reason)
+        except Exception as exc:
+            return Probe(FailureKind.REMOTE, f"health_check_rpc raised {exc!r}")
+        old = self._rpc_server_pid
+        if pid != old:
+            self._rpc_server_pid = pid
+            self._rpc_seen = self._rpc_probed = (pid, self._rpc_seen[1] + 1)
+            if old is not None:
+                self._rpc_notify(
+                    f"{self.service_name}: Ray restarted its actor after it died "
+                    f"(worker pid {old} -> {pid})",
+                    "warning",
+                )
+        status = result.get("status") if isinstance(result, dict) else None
+        if status != "ok":
+            return Probe(FailureKind.STATUS, f"health_check_rpc returned {result!r}")
+        return HEALTHY
+
     def _rpc_process_gone(self, wait_s: float) -> str | None:
         """Owner: why its server process is gone, or None if it runs (or is busy).
 
@@ -990,6 +1147,11 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         """At the threshold: the owner restarts; another client stops a hung server."""
         if self.is_owner:
             return self._rpc_restart_server(reason, self._rpc_probed)
+        if self.ray_options is not None:
+            self._rpc_log.warning(
+                "%s is unhealthy (its owner restarts it): %s", self.service_name, reason
+            )
+            return False
         if self.transport == "tcp" and not is_loopback(self.host):
             self._rpc_log.warning("%s on another host is unhealthy: %s", self.service_name, reason)
             return False

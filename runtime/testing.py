@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import itertools
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -57,13 +60,30 @@ def service_fixture(
         if request.param == "direct":
             instance = client(running_unit_tests=True, direct_mode_pickle=True, **kwargs)
         else:
-            instance = client(port=free_port(), **kwargs)
+            instance = client(port=free_port(), **_isolated(client, kwargs))
         try:
             yield instance
         finally:
             instance.shutdown()
 
     return fixture
+
+
+_test_namespaces = itertools.count(1)
+
+
+def _isolated(client: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A Ray-backed client gets a namespace of its own: its actor is named after the
+    service, so tests running at once (or a live copy of the service) would collide."""
+    if kwargs.get("backend", getattr(client, "rpc_backend", "process")) != "ray":
+        return kwargs
+    if "ray_options" in kwargs:
+        return kwargs
+    from .backend import RayOptions
+
+    base = getattr(client, "rpc_ray_options", None) or RayOptions()
+    space = f"{base.namespace}-test-{os.getpid()}-{next(_test_namespaces)}"
+    return {**kwargs, "ray_options": dataclasses.replace(base, namespace=space)}
 
 
 def registry_fixture(

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterator
 
 import pytest
 
+from tests.support.ray_cluster import SKIP_NO_RAY, RayNode, ray_installed, start_node
 from tests.support.waiting import free_port
 
 
@@ -18,3 +20,15 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayNode]:
+    """One local Ray (a head with 2 CPUs) for the whole session; stopped by pid."""
+    if not ray_installed():
+        pytest.skip(SKIP_NO_RAY)
+    node = start_node(num_cpus=2)
+    try:
+        yield node
+    finally:
+        node.stop()

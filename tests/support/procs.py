@@ -24,13 +24,16 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
 
 
 @contextmanager
-def python_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+def python_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """A ``python ARGS...`` child run from the repo root; killed (by pid) on exit.
 
     A thread reads its stdout line by line, so :func:`read_line` can wait for a line
     with a deadline (select() on the pipe would miss lines already buffered).
     """
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    base = os.environ if env is None else env
+    env = dict(base, PYTHONPATH=str(ROOT) + os.pathsep + base.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,

@@ -1,0 +1,234 @@
+"""The Ray backend against a real local Ray (one head per test session, 2 CPUs).
+
+Each scenario runs as its own program (tests/support/ray_scenarios.py), a Ray
+driver of its own; this process never connects to Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import psutil
+import pytest
+
+from tests.support.procs import finish, python_process, read_line
+from tests.support.ray_cluster import (
+    ROOT,
+    SKIP_NO_RAY,
+    RayNode,
+    parse_line,
+    ray_installed,
+    run_scenario,
+    scenario_env,
+)
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(not ray_installed(), reason=SKIP_NO_RAY)
+
+_names = itertools.count(1)
+
+
+def namespace() -> str:
+    """Each test's actors in a namespace of their own (tests may run at once)."""
+    return f"t{os.getpid()}-{next(_names)}"
+
+
+def test_calls_exceptions_aio_pickling_and_shutdown(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "basic", namespace())
+    assert out["state"] == "running"
+    assert out["pid"] == out["remote_pid"] and out["pid"] != os.getpid()
+    assert (out["add"], out["echo"]) == (5, {"a": [1, 2]})
+    assert "address=ray:" in out["repr"]
+    assert out["health"] is True
+    # A server exception arrives as its own type, with the server's traceback as cause,
+    # and survives pickling, exactly as with the process backend.
+    boom = out["boom"]
+    assert (boom["type"], boom["message"], boom["cause"]) == (
+        "ValueError",
+        "bad input",
+        "RemoteTraceback",
+    )
+    assert boom["pickled_type"] == "ValueError"
+    needs = out["needs_args"]
+    assert needs["type"] == "NeedsArgsError" and needs["attrs"]["code"] == 42
+    assert out["local_class"]["type"] == "RemoteCallError"
+    assert "OnlyHere" in out["local_class"]["message"]
+    assert out["service_error"]["type"] == "ServiceUnavailable"
+    assert "inner down" in out["service_error"]["message"]
+    assert out["private"]["type"] == "RemoteCallError"
+    assert "not exposed" in out["private"]["message"]
+    assert out["missing"]["type"] == "RemoteCallError"
+    assert out["unpicklable"]["type"] in ("RemoteCallError", "TypeError")
+    assert out["after_errors"] == 2
+    aio = out["aio"]
+    assert aio["adds"] == list(range(1, 21))
+    assert aio["meet"] == [0, 1, 2, 3]  # four calls ran at once in the actor
+    assert aio["boom"] == ["ValueError", "async bad", "RemoteTraceback"]
+    assert out["spawned_child"] == [42, out["pid"]]
+    assert out["after_shutdown"]["type"] == "ServiceStopped"
+    assert out["attach_after_shutdown"]["type"] == "ServiceNotFound"
+
+
+def test_sigkill_of_the_actor_worker_ray_restarts_it(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "sigkill", namespace())
+    assert out["new"] != out["old"]
+    assert not psutil.pid_exists(out["old"]) or psutil.Process(out["old"]).status() == "zombie"
+    assert out["server_pid"] == out["new"]
+    assert out["healthy"] is True and out["calls"] == 42
+    assert set(out["errors"]) <= {"ServiceUnavailable"}
+    assert any(
+        "Ray restarted its actor" in note and f"{out['old']} -> {out['new']}" in note
+        for note in out["notes"]
+    ), out["notes"]
+
+
+def test_failing_health_checks_owner_kills_and_ray_restarts(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "unhealthy", namespace())
+    assert out["results"] == [False, False]
+    assert out["new"] != out["old"] and out["remote_pid"] == out["new"]
+    assert out["state"] == "running" and out["healthy_after"] == "ok"
+    assert any("restarted" in note and "status failure" in note for note in out["notes"]), out[
+        "notes"
+    ]
+
+
+def test_one_services_client_handed_to_anothers_server(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "handoff", namespace())
+    via = out["via_relay"]
+    assert via == {"echo": "hi", "their_pid": out["echo_pid"], "my_pid": out["relay_pid"]}
+    plain = out["via_relay_plain"]
+    assert plain["echo"] == "hello" and plain["their_pid"] == out["plain_pid"]
+
+
+def test_attach_and_a_live_owner_keeps_its_name(ray_head: RayNode) -> None:
+    ns = namespace()
+    owner_env = scenario_env(ray_head)
+    with python_process("-m", "tests.support.ray_scenarios", "owner", ns, env=owner_env) as proc:
+        ready = read_line(proc, timeout=90)
+        assert ready is not None and ready.startswith("READY"), ready
+        owner = json.loads(ready.split(" ", 1)[1])
+        attached = run_scenario(ray_head, "attach", ns)
+        assert attached == {
+            "is_owner": False,
+            "pid": owner["pid"],
+            "add": 3,
+            "after_shutdown": 4,
+        }
+        second = run_scenario(ray_head, "start", ns)
+        assert second["error"] == "ServiceAlreadyRunning", second
+        assert f"pid {owner['owner']}" in second["message"]
+        listed = subprocess.run(
+            [sys.executable, "-m", "rpcgen", "ps", "--json"],
+            env=scenario_env(ray_head),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        rows = [r for r in json.loads(listed.stdout) if r.get("namespace") == ns]
+        assert [(r["service"], r["backend"], r["pid"]) for r in rows] == [
+            ("Echo", "ray", owner["pid"])
+        ]
+        assert rows[0]["owner"]["pid"] == owner["owner"]
+        table = subprocess.run(
+            [sys.executable, "-m", "rpcgen", "ps"],
+            env=scenario_env(ray_head),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Ray actors (cluster" in table.stdout and ns in table.stdout
+        code, _ = finish(proc)  # stdin closes: the owner shuts down, and its actor goes
+        assert code == 0
+    assert run_scenario(ray_head, "start", ns)["add"] == 7
+
+
+def test_stale_detached_actor_of_a_killed_owner_is_replaced(ray_head: RayNode) -> None:
+    ns = namespace()
+    owner_env = scenario_env(ray_head)
+    with python_process(
+        "-m", "tests.support.ray_scenarios", "owner", ns, "yes", env=owner_env
+    ) as proc:
+        ready = read_line(proc, timeout=90)
+        assert ready is not None and ready.startswith("READY"), ready
+        first = json.loads(ready.split(" ", 1)[1])
+        os.kill(proc.pid, signal.SIGKILL)  # the owner crashes; its detached actor stays
+        proc.wait(30)
+    assert psutil.pid_exists(first["pid"])
+    second = run_scenario(ray_head, "start", ns, "yes")
+    assert "error" not in second, second
+    assert second["pid"] != first["pid"] and second["add"] == 7
+    wait_until(lambda: not psutil.pid_exists(first["pid"]), timeout=30, what="stale actor gone")
+
+
+def test_start_failures_are_one_clear_error(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "failures", namespace())
+    broken = out["broken"]
+    assert broken["type"] == "StartupError"
+    assert "NoDatabaseError: no database at db.invalid:5432" in broken["message"]
+    unplaceable = out["unplaceable"]
+    assert unplaceable["type"] == "StartupTimeout"
+    assert "no_such_node" in unplaceable["message"] and "not placed" in unplaceable["message"]
+    assert out["then"] == 2
+
+
+def test_local_ray_started_on_first_use_is_gone_when_the_program_ends() -> None:
+    if not ray_installed():
+        pytest.skip(SKIP_NO_RAY)
+    # A Ray folder of its own: ray.init() would join a cluster that `ray start` ran here.
+    folder = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+    try:
+        env = scenario_env(None, RAY_TMPDIR=folder)
+        out = run_scenario(None, "local", namespace(), timeout_s=180, env=env)
+        assert out["add"] == 11 and out["actor_pid"] in out["pids"]
+        assert len(out["pids"]) >= 3  # gcs_server, raylet, the actor's worker, ...
+
+        def all_gone() -> bool:
+            return not any(
+                psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                for pid in out["pids"]
+            )
+
+        wait_until(all_gone, timeout=60, what="the local Ray's processes to exit")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_missing_ray_is_one_line() -> None:
+    out = run_scenario(None, "missing", namespace())
+    error = out["error"]
+    assert error["type"] == "BackendNotInstalled"
+    assert error["message"].endswith("pip install 'rpcgen[ray]'")
+    assert "\n" not in error["message"]
+
+
+def test_importing_the_runtime_never_imports_ray() -> None:
+    code = "import sys, rpcgen.runtime, rpcgen.runtime.backend; print('ray' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_ps_without_a_cluster_lists_no_ray_services() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rpcgen", "ps", "--json", "--ray-address", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=scenario_env(None),
+    )
+    assert done.returncode == 0
+    assert "Ray services not listed" in done.stderr
+    assert all(row.get("backend") != "ray" for row in json.loads(done.stdout))
+    assert parse_line("RESULT", done.stdout) is None

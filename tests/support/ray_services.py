@@ -1,0 +1,66 @@
+"""Services for the Ray backend tests (run in Ray workers: importable, module level)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from rpcgen.runtime import Address, RPCServiceBase
+from tests.support.services import Echo
+
+
+class RelayServer:
+    """Calls another service through a client it is handed (pickled into this actor)."""
+
+    def health_check_rpc(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def relay_rpc(self, client: Echo, value: Any) -> dict[str, Any]:
+        return {
+            "echo": client.echo(value),
+            "their_pid": client.remote_pid(),
+            "my_pid": os.getpid(),
+        }
+
+    def where_rpc(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+class _RayOnly:
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: Any
+    ) -> BaseProcess:
+        raise NotImplementedError("a Ray-only test service")
+
+
+class Relay(_RayOnly, RPCServiceBase[RelayServer]):
+    def __init__(self, port: int = 1, *, name: str = "Relay", **kwargs: Any) -> None:
+        kwargs.setdefault("backend", "ray")
+        super().__init__(name, port, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> RelayServer:
+        return RelayServer()
+
+    def relay(self, client: Echo, value: Any) -> dict[str, Any]:
+        return self._server_proxy.relay_rpc(client, value)
+
+    def where(self) -> dict[str, Any]:
+        return self._server_proxy.where_rpc()
+
+
+class NoDatabaseError(RuntimeError):
+    pass
+
+
+class Broken(_RayOnly, RPCServiceBase[Any]):
+    """Its server cannot be built: the actor's constructor raises."""
+
+    def __init__(self, port: int = 1, **kwargs: Any) -> None:
+        super().__init__("Broken", port, backend="ray", **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> Any:
+        raise NoDatabaseError("no database at db.invalid:5432")
