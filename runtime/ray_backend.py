@@ -338,14 +338,37 @@ class RayProxy:
             raise self._rpc_error(ray, exc, method, timeout_s) from None
         return self._rpc_result(method, value)
 
-    def _rpc_health(self, timeout_s: float) -> tuple[int, Any]:
-        """(worker pid, ``health_check_rpc()``'s result); raises as a call does."""
-        ray, handle = self._rpc_actor()
-        try:
-            pid, value = ray.get(handle.rpcgen_health.remote(), timeout=timeout_s)
-        except Exception as exc:
-            raise self._rpc_error(ray, exc, "health_check_rpc", timeout_s) from None
-        return int(pid), self._rpc_result("health_check_rpc", value)
+    def _rpc_health(
+        self,
+        timeout_s: float,
+        restart_wait_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[int, Any]:
+        """(worker pid, ``health_check_rpc()``'s result); raises as a call does.
+
+        While Ray is restarting the actor, asks again for up to ``restart_wait_s``:
+        the restarted actor is the one to judge (a restart of our own on top of
+        Ray's would only kill the new worker).
+        """
+        deadline = clock() + restart_wait_s
+        attempt = 0
+        while True:
+            ray, handle = self._rpc_actor()
+            try:
+                pid, value = ray.get(handle.rpcgen_health.remote(), timeout=timeout_s)
+            except ray.exceptions.ActorUnavailableError as exc:
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    raise self._rpc_error(ray, exc, "health_check_rpc", timeout_s) from None
+                attempt += 1
+                sleep(
+                    min(remaining, backoff_delay(attempt, initial=0.02, multiplier=2, maximum=0.2))
+                )
+                continue
+            except Exception as exc:
+                raise self._rpc_error(ray, exc, "health_check_rpc", timeout_s) from None
+            return int(pid), self._rpc_result("health_check_rpc", value)
 
     def _rpc_worker_pid(self, timeout_s: float) -> int:
         """The actor's worker pid (it answers, whatever its health)."""

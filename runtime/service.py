@@ -1100,7 +1100,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     def _rpc_probe_actor(self, proxy: RayProxy) -> Probe:
         """One health check of a Ray-backed service; notes a restart Ray made."""
         try:
-            pid, result = proxy._rpc_health(self.health_policy.check_timeout_s)
+            pid, result = proxy._rpc_health(
+                self.health_policy.check_timeout_s, self.start_timeout_s, self._clock, self._sleep
+            )
         except CallTimeout as exc:
             return Probe(FailureKind.TRANSPORT, exc.reason)
         except (ServiceUnavailable, ServiceStopped) as exc:

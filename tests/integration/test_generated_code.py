@@ -103,6 +103,33 @@ def test_generated_files_pass_black_ruff_and_mypy_strict(
     assert mypy.returncode == 0, mypy.stdout + mypy.stderr
 
 
+@pytest.mark.slow
+def test_a_ray_backed_client_passes_black_ruff_and_mypy_strict(
+    trading: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spec = trading / "rpcgen.toml"
+    spec.write_text(
+        spec.read_text()
+        + 'backend = "ray"\n\n[services.Trading.ray]\naddress = "auto"\nnum_cpus = 0.5\n'
+        + "resources = { node_b = 1 }\nmax_concurrency = 8\ndetached = true\n"
+    )
+    generate(trading)
+    base = "services/trading_base.py"
+    assert 'rpc_backend = "ray"' in (trading / base).read_text()
+    black = subprocess.run(
+        [sys.executable, "-m", "black", "--check", base],
+        cwd=trading,
+        capture_output=True,
+        text=True,
+    )
+    assert black.returncode == 0, black.stderr
+    ruff = run_ruff(["check", "--no-cache", "--isolated", base], trading)
+    assert ruff.returncode == 0, ruff.stdout
+    shim = rpcgen_shim(tmp_path_factory.mktemp("shim"))
+    mypy = run_mypy(["--cache-dir", str(trading / ".mypy_cache"), base], trading, shim)
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+
+
 CALLS = """\
 import asyncio
 import sys

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import ROOT, clean_pytest_env, finish, python_process, read_line
+from tests.support.ray_cluster import RayNode
 from tests.support.typecheck import rpcgen_shim, run_mypy
 
 EXAMPLE = ROOT / "examples" / "trading"
@@ -97,3 +99,53 @@ def test_the_examples_tests_run_from_the_repo_root_too() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert " passed" in result.stdout
+
+
+def test_the_demo_and_its_tests_run_with_the_price_fetcher_on_ray(
+    ray_head: RayNode, tmp_path: Path
+) -> None:
+    """The same example with `backend = "ray"` for LivePriceFetcher: a spec change and
+    `rpcgen generate`, nothing else. The demo SIGKILLs the price fetcher's server (now
+    the actor's worker), and Ray restarts it."""
+    project = tmp_path / "trading"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    spec = project / "rpcgen.toml"
+    text = spec.read_text()
+    marker = "[services.LivePriceFetcher]\nport = 50001\n"
+    assert marker in text
+    spec.write_text(text.replace(marker, marker + 'backend = "ray"\n'))
+    env = {k: v for k, v in clean_pytest_env().items() if not k.startswith("RAY_")}
+    env.update(ray_head.env)
+    generated = subprocess.run(
+        [sys.executable, "-m", "rpcgen", "generate", "-C", str(project)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    changed = [line for line in generated.stdout.splitlines() if line.startswith("update")]
+    assert changed == [  # the registry's header names the spec's hash
+        "update    services/live_price_fetcher_base.py",
+        "update    services/registry.py",
+    ], generated.stdout
+    demo = subprocess.run(
+        [sys.executable, "demo.py", "--free-ports"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "Ray restarted its actor" in demo.stdout, demo.stdout
+    assert "shut down cleanly" in demo.stdout
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
