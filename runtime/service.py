@@ -590,9 +590,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 self._rpc_proxy._rpc_close()
             if self.is_owner:
                 self._rpc_stop_server_process()
+                self._rpc_forget_key()
             if self._rpc_ray_proxy is not None:
                 self._rpc_ray_proxy._rpc_close()
-                self._rpc_forget_key()
             _LIVE_SERVICES.discard(self)
         if self._rpc_dispatcher_obj is not None:
             self._rpc_dispatcher_obj.flush(timeout_s=1.0)

@@ -18,50 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns_hosts import veth_hosts
 from tests.support.procs import ROOT
 
 PORT = 50123  # inside namespace A only: nothing else listens there
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture
 def hosts() -> Iterator[tuple[str, str, str, str]]:
     """(namespace A, address A, namespace B, address B), torn down afterwards."""
-    if shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.skip("network-namespace test needs root and iproute2's `ip`; not available here")
-    tag = f"{os.getpid() % 100000}"
-    ns_a, ns_b = f"rpcgenA{tag}", f"rpcgenB{tag}"
-    veth_a, veth_b = f"rva{tag}", f"rvb{tag}"
-    subnet = 1 + os.getpid() % 250
-    addr_a, addr_b = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
-    created: list[str] = []
-    try:
-        for ns in (ns_a, ns_b):
-            result = _ip("netns", "add", ns)
-            if result.returncode != 0:
-                pytest.skip(f"`ip netns add` failed here ({result.stderr.strip()}); skipping")
-            created.append(ns)
-        steps = [
-            ("link", "add", veth_a, "type", "veth", "peer", "name", veth_b),
-            ("link", "set", veth_a, "netns", ns_a),
-            ("link", "set", veth_b, "netns", ns_b),
-            ("-n", ns_a, "addr", "add", f"{addr_a}/24", "dev", veth_a),
-            ("-n", ns_b, "addr", "add", f"{addr_b}/24", "dev", veth_b),
-            ("-n", ns_a, "link", "set", veth_a, "up"),
-            ("-n", ns_b, "link", "set", veth_b, "up"),
-            ("-n", ns_a, "link", "set", "lo", "up"),
-            ("-n", ns_b, "link", "set", "lo", "up"),
-        ]
-        for step in steps:
-            result = _ip(*step)
-            assert result.returncode == 0, f"ip {' '.join(step)}: {result.stderr}"
-        yield ns_a, addr_a, ns_b, addr_b
-    finally:
-        for ns in created:
-            _ip("netns", "del", ns)  # takes the veth pair with it
+    with veth_hosts("", 231) as found:
+        yield found
 
 
 def _in(ns: str, *args: str) -> list[str]:

@@ -18,6 +18,7 @@ import tempfile
 import psutil
 import pytest
 
+from tests.support.netns_hosts import veth_hosts
 from tests.support.procs import finish, python_process, read_line
 from tests.support.ray_cluster import (
     ROOT,
@@ -27,6 +28,7 @@ from tests.support.ray_cluster import (
     ray_installed,
     run_scenario,
     scenario_env,
+    start_node,
 )
 from tests.support.waiting import wait_until
 
@@ -232,3 +234,47 @@ def test_ps_without_a_cluster_lists_no_ray_services() -> None:
     assert "Ray services not listed" in done.stderr
     assert all(row.get("backend") != "ray" for row in json.loads(done.stdout))
     assert parse_line("RESULT", done.stdout) is None
+
+
+def test_two_nodes_across_a_veth_the_actor_pinned_to_the_worker_node() -> None:
+    """A Ray head in namespace A, a worker node in namespace B; the service's actor is
+    pinned to B by a custom resource, and a client in A calls it across the veth."""
+    if not ray_installed():
+        pytest.skip(SKIP_NO_RAY)
+    with veth_hosts("r", 232) as (ns_a, addr_a, ns_b, addr_b):
+        head = worker = None
+        try:
+            head = start_node(
+                num_cpus=1,
+                resources='{"node_a": 1}',
+                node_ip=addr_a,
+                prefix=["ip", "netns", "exec", ns_a],
+            )
+            assert head.address.startswith(addr_a + ":"), head.address
+            worker = start_node(
+                head_address=head.address,
+                num_cpus=1,
+                resources='{"node_b": 2}',  # the Relay and the Echo actor
+                node_ip=addr_b,
+                prefix=["ip", "netns", "exec", ns_b],
+                token_of=head,
+            )
+            out = run_scenario(
+                head, "where", namespace(), "node_b", prefix=["ip", "netns", "exec", ns_a]
+            )
+            # Each actor reports the node it runs on: B, across the veth from the client.
+            actors = {a["service"]: a for a in out["actors"]}
+            assert {name: a["node_ip"] for name, a in actors.items()} == {
+                "Echo": addr_b,
+                "Relay": addr_b,
+            }
+            assert out["where"]["pid"] == actors["Relay"]["pid"] != out["driver_pid"]
+            assert out["via_relay"] == {
+                "echo": "across",
+                "their_pid": actors["Echo"]["pid"],
+                "my_pid": actors["Relay"]["pid"],
+            }
+        finally:
+            for node in (worker, head):
+                if node is not None:
+                    node.stop()

@@ -102,6 +102,7 @@ def start_node(
     node_ip: str | None = None,
     folder: Path | None = None,
     prefix: Sequence[str] = (),
+    token_of: RayNode | None = None,
     timeout_s: float = 90.0,
 ) -> RayNode:
     """Start a head (``head_address`` None) or a worker node; wait until it says started.
@@ -111,7 +112,8 @@ def start_node(
     # Short: Ray's Unix sockets live under it, and their paths have a length limit.
     folder = folder or Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
     env = dict(os.environ, RAY_TMPDIR=str(folder), RAY_USAGE_STATS_ENABLED="0")
-    env.update(token_env(folder))
+    auth = token_env(token_of.folder if token_of is not None else folder)
+    env.update(auth)
     env.pop("RAY_ADDRESS", None)
     port = free_port() if head_address is None else None
     args = [*prefix, sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
@@ -153,12 +155,13 @@ def start_node(
             break
     if head_address is None:
         recorded = folder / "ray_current_cluster"
-        node.address = recorded.read_text().strip() if recorded.exists() else f"127.0.0.1:{port}"
+        fallback = f"{node_ip or '127.0.0.1'}:{port}"
+        node.address = recorded.read_text().strip() if recorded.exists() else fallback
     node.env = {
         "RAY_ADDRESS": node.address,
         "RAY_TMPDIR": str(folder),
         "RAY_USAGE_STATS_ENABLED": "0",
-        **token_env(folder),
+        **auth,
     }
     return node
 

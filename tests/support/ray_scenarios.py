@@ -262,9 +262,19 @@ def where(ns: str, resource: str) -> dict[str, Any]:
     """The netns test's client: a Relay pinned to the node that has ``resource``."""
     from rpcgen.runtime.ray_backend import list_services
 
-    relay = Relay(ray_options=RayOptions(namespace=ns, resources={resource: 1}))
-    echo = _echo(ns, ray_options=RayOptions(namespace=ns, resources={resource: 1}))
+    began = time.monotonic()
+    relay = Relay(
+        ray_options=RayOptions(namespace=ns, resources={resource: 1}, num_cpus=0),
+        start_timeout_s=60,
+    )
+    relay_s = time.monotonic() - began
+    echo = _echo(
+        ns,
+        ray_options=RayOptions(namespace=ns, resources={resource: 1}, num_cpus=0),
+        start_timeout_s=60,
+    )
     out = {
+        "start_s": [relay_s, time.monotonic() - began - relay_s],
         "where": relay.where(),
         "via_relay": relay.relay(echo, "across"),
         "actors": list_services(namespace=ns),

@@ -163,7 +163,9 @@ def test_no_spec_value_can_become_code_even_past_validation(tmp_path: Path) -> N
         render_project(tmp_path, ProjectSpec(services=(broken,)))
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), object(), b"x", {"a": 1}])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), object(), b"x", {1: 1}, {"a": object()}, {"a": b"x"}]
+)
 def test_py_literal_refuses_what_is_not_a_checked_literal(value: object) -> None:
     with pytest.raises(TypeError):
         py_literal(value)

@@ -45,6 +45,12 @@ SAMPLES: dict[str, Any] = {
     "ServiceNotFound": runtime_errors.ServiceNotFound(service="S", port=1, timeout_s=1.0),
     "UnsafeBindError": runtime_errors.UnsafeBindError(service="S", host="0.0.0.0"),
     "NotPicklableError": runtime_errors.NotPicklableError(service="S"),
+    "ServiceAlreadyRunning": runtime_errors.ServiceAlreadyRunning(
+        service="S", where="Ray actor rpcgen/S", owner="pid 7 on 10.0.0.1 (Ray job 01000000)"
+    ),
+    "BackendNotInstalled": runtime_errors.BackendNotInstalled(
+        service="S", backend="ray", extra="ray"
+    ),
     "RpcgenError": generator_errors.RpcgenError("plain"),
     "SpecError": SpecError([SpecIssue("rpcgen.toml", "bad", service="S", field="port")]),
     "SpecIssue": None,  # not an exception
