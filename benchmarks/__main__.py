@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import aio, calls, generator, lifecycle, peers, registry, sharing
+from . import aio, calls, generator, lifecycle, peers, ray, registry, sharing
 from ._util import Row
 
 GROUPS = {
@@ -21,6 +21,7 @@ GROUPS = {
     "aio": aio.run,
     "generator": generator.run,
     "peers": peers.run,
+    "ray": ray.run,
 }
 
 

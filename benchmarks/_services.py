@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from multiprocessing.managers import BaseManager
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -17,6 +18,9 @@ class BenchServer:
     def echo_rpc(self, value: Any) -> Any:
         return value
 
+    def pid_rpc(self) -> int:
+        return os.getpid()
+
 
 def serve_bench(address: Address, authkey: bytes, ready: Any) -> None:
     serve_rpc(BenchServer, address, authkey, ready, service_name="Bench")
@@ -24,6 +28,8 @@ def serve_bench(address: Address, authkey: bytes, ready: Any) -> None:
 
 class BenchClient(RPCServiceBase[BenchServer]):
     """Shaped like generated code: module-level entrypoint, typed forwarding method."""
+
+    rpc_server_methods = ("echo_rpc", "pid_rpc")  # as generated Ray-backed clients list them
 
     def __init__(self, port: int, **kwargs: Any) -> None:
         super().__init__(service_name="Bench", port=port, **kwargs)

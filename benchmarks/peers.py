@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import multiprocessing
 import os
 import statistics
@@ -134,7 +135,7 @@ def _ray_peer() -> Iterator[tuple[Echo, list[int]]]:
     """A Ray actor with the same echo method, on a local Ray with 2 CPUs."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     try:
 
         @ray.remote

@@ -175,6 +175,9 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
     rpc_backend: str = "process"
     rpc_ray_address: str | None = None
     rpc_ray_options: RayOptions | None = None
+    #: The server's methods (generated clients list them): with backend="ray" the
+    #: actor gets one actor method each, so a call costs what a raw Ray call does.
+    rpc_server_methods: tuple[str, ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -438,7 +441,10 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         RPCServiceBase.__init__(client, name, cls.rpc_default_port or 1, **options)
         assert client.ray_options is not None
         proxy = RayProxy(
-            service=name, namespace=client.ray_options.namespace, address=client.ray_address
+            service=name,
+            namespace=client.ray_options.namespace,
+            address=client.ray_address,
+            methods=cls.rpc_server_methods,
         )
         deadline = client._clock() + timeout_s
         attempt = 0
@@ -717,6 +723,7 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
                 service=self.service_name,
                 namespace=self.ray_options.namespace,
                 address=self._rpc_ray_cluster,
+                methods=self.rpc_server_methods,
             )
             return
         assert self._rpc_authkey is not None

@@ -36,6 +36,9 @@ class _RayOnly:
 
 
 class Relay(_RayOnly, RPCServiceBase[RelayServer]):
+    # As generated clients list them: these two are actor methods of their own.
+    rpc_server_methods = ("relay_rpc", "where_rpc")
+
     def __init__(self, port: int = 1, *, name: str = "Relay", **kwargs: Any) -> None:
         kwargs.setdefault("backend", "ray")
         super().__init__(name, port, **kwargs)
