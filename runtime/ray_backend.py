@@ -46,6 +46,7 @@ from .errors import (
 )
 from .health import backoff_delay
 from .remote import RaisedInfo, pack_exception, unpack_exception
+from .transport import CallsByName
 
 __all__ = [
     "RayHost",
@@ -85,6 +86,15 @@ def connect(service: str, address: str | None) -> Any:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             quiet: dict[str, Any] = {"logging_level": logging.WARNING}
             if target:
+                if target != "auto" and not _reachable(target, 5.0):
+                    # ray.init() would retry for a long while before it says so
+                    raise ServiceUnavailable(
+                        service=service,
+                        host="ray",
+                        port=target,
+                        reason="no Ray cluster answers at that address (ray_address or "
+                        "$RAY_ADDRESS; start one with `ray start --head`)",
+                    )
                 ray.init(address=target, **quiet)
             else:
                 ray.init(include_dashboard=False, **quiet)
@@ -232,7 +242,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class RayProxy:
+class RayProxy(CallsByName):
     """``_server_proxy`` for a Ray-backed service: ``proxy.method_rpc(*args)`` calls the
     actor and blocks; :meth:`_rpc_acall` awaits it. Finds the actor by name on first
     use, so an unpickled copy in another process (or Ray worker) works too."""
@@ -262,18 +272,6 @@ class RayProxy:
 
     def __repr__(self) -> str:
         return f"<RayProxy service={self._rpc_service!r} actor=ray:{self._rpc_where}>"
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        call = self._rpc_call
-
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return call(name, args, kwargs)
-
-        method.__name__ = method.__qualname__ = name
-        self.__dict__[name] = method
-        return method
 
     def _rpc_unavailable(self, reason: str) -> ServiceUnavailable:
         return ServiceUnavailable(

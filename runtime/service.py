@@ -1,5 +1,9 @@
 """RPCServiceBase: a client for a server object in its own process, and maybe its owner.
 
+With ``backend="ray"`` the server object lives in a named Ray actor instead
+(:mod:`rpcgen.runtime.ray_backend`, imported only then); the states, ownership,
+health checks and pickling below are the same, with Ray restarting a dead actor.
+
 Lifecycle (``ServiceState``)::
 
     NEW ──_initialize_service()──> STARTING ──> RUNNING ──shutdown()──> STOPPED

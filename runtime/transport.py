@@ -287,7 +287,31 @@ def _reset_proxies_in_child() -> None:
 os.register_at_fork(after_in_child=_reset_proxies_in_child)
 
 
-class RPCProxy:
+class CallsByName:
+    """``proxy.name(*args, **kwargs)`` is ``proxy._rpc_call("name", args, kwargs)``.
+
+    Private names are never forwarded: they are the proxy's own.
+    """
+
+    def _rpc_call(
+        self, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        call = self._rpc_call
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return call(name, args, kwargs)
+
+        method.__name__ = method.__qualname__ = name
+        self.__dict__[name] = method  # later lookups skip __getattr__
+        return method
+
+
+class RPCProxy(CallsByName):
     """Calls methods of the served object: ``proxy.method(*args, **kwargs)``.
 
     Safe to share between threads: each thread gets its own connection, opened on
@@ -326,18 +350,6 @@ class RPCProxy:
     def __repr__(self) -> str:
         host, port = describe(self._rpc_address)
         return f"<RPCProxy service={self._rpc_service!r} address={host}:{port}>"
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        call = self._rpc_call
-
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return call(name, args, kwargs)
-
-        method.__name__ = method.__qualname__ = name
-        self.__dict__[name] = method  # later lookups skip __getattr__
-        return method
 
     # -- connection management -------------------------------------------------
 

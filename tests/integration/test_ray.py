@@ -30,7 +30,7 @@ from tests.support.ray_cluster import (
     scenario_env,
     start_node,
 )
-from tests.support.waiting import wait_until
+from tests.support.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(not ray_installed(), reason=SKIP_NO_RAY)
 
@@ -211,6 +211,16 @@ def test_missing_ray_is_one_line() -> None:
     assert error["type"] == "BackendNotInstalled"
     assert error["message"].endswith("pip install 'rpcgen[ray]'")
     assert "\n" not in error["message"]
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_error_at_once() -> None:
+    if not ray_installed():
+        pytest.skip(SKIP_NO_RAY)
+    env = scenario_env(None, RAY_ADDRESS=f"127.0.0.1:{free_port()}")
+    out = run_scenario(None, "nowhere", namespace(), env=env)
+    assert out["error"]["type"] == "ServiceUnavailable"
+    # rpcgen's own check, before ray.init() would retry for a long while
+    assert "no Ray cluster answers" in out["error"]["message"]
 
 
 def test_importing_the_runtime_never_imports_ray() -> None:

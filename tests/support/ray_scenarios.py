@@ -251,6 +251,13 @@ def local(ns: str) -> dict[str, Any]:
     return out
 
 
+def nowhere(ns: str) -> dict[str, Any]:
+    """RAY_ADDRESS names a port where no cluster runs: one error, at once."""
+    began = time.monotonic()
+    error = _error(lambda: _echo(ns))
+    return {"error": error, "seconds": time.monotonic() - began}
+
+
 def missing(ns: str) -> dict[str, Any]:
     sys.modules["ray"] = None  # type: ignore[assignment]
     import rpcgen.runtime  # noqa: F401
@@ -298,6 +305,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
         failures,
         local,
         missing,
+        nowhere,
         where,
     )
 }
