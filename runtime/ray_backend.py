@@ -85,19 +85,27 @@ def connect(service: str, address: str | None) -> Any:
             target = address or os.environ.get("RAY_ADDRESS") or None
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             quiet: dict[str, Any] = {"logging_level": logging.WARNING}
-            if target:
-                if target != "auto" and not _reachable(target, 5.0):
-                    # ray.init() would retry for a long while before it says so
-                    raise ServiceUnavailable(
-                        service=service,
-                        host="ray",
-                        port=target,
-                        reason="no Ray cluster answers at that address (ray_address or "
-                        "$RAY_ADDRESS; start one with `ray start --head`)",
-                    )
-                ray.init(address=target, **quiet)
-            else:
-                ray.init(include_dashboard=False, **quiet)
+            if target and target != "auto" and not _reachable(target, 5.0):
+                # ray.init() would retry for a long while before it says so
+                raise ServiceUnavailable(
+                    service=service,
+                    host="ray",
+                    port=target,
+                    reason="no Ray cluster answers at that address (ray_address or "
+                    "$RAY_ADDRESS; start one with `ray start --head`)",
+                )
+            try:
+                if target:
+                    ray.init(address=target, **quiet)
+                else:
+                    ray.init(include_dashboard=False, **quiet)
+            except Exception as exc:  # e.g. InvalidAuthToken: RAY_AUTH_MODE/_TOKEN_PATH
+                raise ServiceUnavailable(
+                    service=service,
+                    host="ray",
+                    port=target or "local",
+                    reason=f"ray.init() failed: {type(exc).__name__}: {_first_line(exc)}",
+                ) from exc
         if not _exit_hook_registered:
             # Registered after ray.init(), so it runs before Ray's own exit hook
             # disconnects: detached actors would outlive us otherwise.

@@ -616,6 +616,11 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
 
     def rotate_authkey(self) -> bool:
         """Owner: restart the server with a new key. Attached clients must attach again."""
+        if self.ray_options is not None:
+            raise ServiceError(
+                f"{self.service_name!r} runs on Ray (backend='ray'), which has no rpcgen key; "
+                "Ray's own token authenticates its cluster"
+            )
         if not self.is_owner:
             raise ServiceError(f"only the owner of {self.service_name!r} can rotate its key")
         with self._rpc_lifecycle_lock:

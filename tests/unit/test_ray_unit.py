@@ -15,7 +15,7 @@ from rpcgen.generator.api import generate
 from rpcgen.generator.errors import SpecError
 from rpcgen.generator.render import py_literal
 from rpcgen.generator.spec import RaySpec, load_spec
-from rpcgen.runtime import RayOptions
+from rpcgen.runtime import RayOptions, ServiceError
 from rpcgen.runtime.backend import DEFAULT_RAY_MAX_CONCURRENCY, check_backend
 from rpcgen.runtime.serve import DEFAULT_MAX_CONCURRENT_CALLS
 from tests.support.project import write
@@ -172,6 +172,15 @@ def test_direct_mode_needs_no_ray() -> None:
         assert client.ray_options == RayOptions()
         if not had_ray:
             assert "ray" not in sys.modules
+    finally:
+        client.shutdown()
+
+
+def test_a_ray_service_has_no_rpcgen_key_to_rotate() -> None:
+    client = Echo(1, running_unit_tests=True, backend="ray")
+    try:
+        with pytest.raises(ServiceError, match="Ray's own token"):
+            client.rotate_authkey()
     finally:
         client.shutdown()
 
