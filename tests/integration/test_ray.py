@@ -32,7 +32,11 @@ from tests.support.ray_cluster import (
 )
 from tests.support.waiting import free_port, wait_until
 
-pytestmark = pytest.mark.skipif(not ray_installed(), reason=SKIP_NO_RAY)
+pytestmark = [
+    pytest.mark.skipif(not ray_installed(), reason=SKIP_NO_RAY),
+    # Under xdist (--dist loadgroup), one worker runs every Ray test: one Ray head.
+    pytest.mark.xdist_group("ray"),
+]
 
 _names = itertools.count(1)
 

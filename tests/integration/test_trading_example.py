@@ -101,6 +101,7 @@ def test_the_examples_tests_run_from_the_repo_root_too() -> None:
     assert " passed" in result.stdout
 
 
+@pytest.mark.xdist_group("ray")
 def test_the_demo_and_its_tests_run_with_the_price_fetcher_on_ray(
     ray_head: RayNode, tmp_path: Path
 ) -> None:
