@@ -25,7 +25,7 @@ The spec lives in ``rpcgen.toml`` at the project root, or in ``[tool.rpcgen]`` o
 
     # backend = "ray" only; every key optional:
     # [services.PriceFetcher.ray]
-    # address = "ray://head:10001"   (default: $RAY_ADDRESS, else a local Ray)
+    # address = "10.0.0.5:6379"     (default: $RAY_ADDRESS, else a local Ray)
     # namespace = "rpcgen"
     # num_cpus = 1
     # num_gpus = 0
@@ -542,7 +542,7 @@ def _parse_ray(c: _Checker, name: str, body: Any) -> RaySpec | None:
 
     address = body.get("address")
     if address is not None and (not isinstance(address, str) or not address.strip()):
-        bad("address", "a Ray address like 'ray://head:10001' or 'auto'")
+        bad("address", "a Ray address like '10.0.0.5:6379' or 'auto'")
     namespace = body.get("namespace", defaults.namespace)
     if not isinstance(namespace, str) or not namespace.strip():
         bad("namespace", "a non-empty string")

@@ -717,7 +717,7 @@ def list_services(namespace: str | None = None, timeout_s: float = 2.0) -> list[
 
 def _reachable(address: str, timeout_s: float) -> bool:
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if "://" in address or not host or not port.isdigit():
         return True  # not host:port (e.g. ray://): let Ray judge
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):

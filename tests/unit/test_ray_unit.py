@@ -57,7 +57,7 @@ def test_a_ray_service_spec(tmp_path: Path) -> None:
         tmp_path,
         "rpcgen.toml",
         SPEC.format(
-            extra='backend = "ray"\n\n[services.Pricer.ray]\naddress = "ray://head:10001"\n'
+            extra='backend = "ray"\n\n[services.Pricer.ray]\naddress = "10.0.0.5:6379"\n'
             'namespace = "prod"\nnum_cpus = 2\nnum_gpus = 0.5\nresources = { node_b = 1 }\n'
             "max_concurrency = 4\nmax_restarts = 3\ndetached = true\n"
         ),
@@ -65,7 +65,7 @@ def test_a_ray_service_spec(tmp_path: Path) -> None:
     svc = load_spec(tmp_path).service("Pricer")
     assert svc.backend == "ray"
     assert svc.ray == RaySpec(
-        address="ray://head:10001",
+        address="10.0.0.5:6379",
         namespace="prod",
         num_cpus=2.0,
         num_gpus=0.5,
