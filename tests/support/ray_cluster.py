@@ -118,10 +118,12 @@ def start_node(
     port = free_port() if head_address is None else None
     args = [*prefix, sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
     if head_address is None:
-        # Every port Ray would otherwise take by default (10001 for its client server)
-        # from the OS instead: tests may run at once.
         args += ["--head", "--port", str(port), "--include-dashboard", "false"]
-        args += ["--ray-client-server-port", str(free_port())]
+        if importlib.util.find_spec("grpc") is not None:
+            # With ray[client]'s packages installed, Ray's client server would take port
+            # 10001: a free one instead (tests may run at once). Without them it does not
+            # start, and the option is an error.
+            args += ["--ray-client-server-port", str(free_port())]
     else:
         args += ["--address", head_address]
     args += ["--num-cpus", str(num_cpus), "--disable-usage-stats", "--temp-dir", str(folder)]
