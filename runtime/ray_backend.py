@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import socket
@@ -751,13 +752,10 @@ def list_cluster_services(
     ``(None, [])`` when ray is not installed or no cluster is known; raises
     :class:`ServiceUnavailable` when the known cluster does not answer.
     """
-    try:
-        ray = importlib.import_module("ray")
-    except ModuleNotFoundError:
-        return None, []
     target = cluster_address(address)
-    if target is None:
-        return None, []
+    if target is None or importlib.util.find_spec("ray") is None:
+        return None, []  # no cluster known, or no ray: nothing to import ray for
+    ray = importlib.import_module("ray")
     if not ray.is_initialized():
         if not _reachable(target, timeout_s):
             raise ServiceUnavailable(

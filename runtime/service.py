@@ -101,6 +101,11 @@ class _Secret:
 
 _LIVE_SERVICES: weakref.WeakSet[RPCServiceBase[Any]] = weakref.WeakSet()
 
+# One server process started at a time in this process (registries start services from
+# several threads). Where filelock >= 4.3 is loaded (`import ray` loads it), its audit hook
+# makes a fork raise RuntimeError on Python 3.12+ while another thread is forking.
+_START_LOCK = threading.Lock()
+
 
 @atexit.register
 def _shutdown_services_at_exit() -> None:
@@ -371,7 +376,8 @@ class RPCServiceBase(Generic[ServerT], metaclass=ABCMeta):
         process: BaseProcess = ctx.Process(
             target=target, args=args, daemon=True, name=f"rpcgen-{self.service_name}"
         )
-        process.start()
+        with _START_LOCK:
+            process.start()
         return process
 
     # -- public API -----------------------------------------------------------------

@@ -227,6 +227,17 @@ def test_a_cluster_address_where_nothing_answers_is_one_error_at_once() -> None:
     assert "no Ray cluster answers" in out["error"]["message"]
 
 
+def test_a_program_that_imported_ray_starts_process_services_from_threads_at_once() -> None:
+    """filelock (loaded by `import ray`) makes a fork raise on Python 3.12+ while another
+    thread forks; a registry starts services from several threads."""
+    if not ray_installed():
+        pytest.skip(SKIP_NO_RAY)
+    if sys.version_info < (3, 12):
+        pytest.skip("filelock polices forks with an audit hook only on Python 3.12+")
+    out = run_scenario(None, "forks", namespace())
+    assert out == {"started": 24, "errors": []}
+
+
 def test_importing_the_runtime_never_imports_ray() -> None:
     code = "import sys, rpcgen.runtime, rpcgen.runtime.backend; print('ray' in sys.modules)"
     done = subprocess.run(

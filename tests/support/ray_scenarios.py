@@ -258,6 +258,36 @@ def nowhere(ns: str) -> dict[str, Any]:
     return {"error": error, "seconds": time.monotonic() - began}
 
 
+def forks(ns: str) -> dict[str, Any]:
+    """A program that imported ray starts process-backend services from several threads
+    at once (a registry does), with fork, over and over."""
+    import threading
+
+    import ray  # noqa: F401  (it loads filelock, whose audit hook polices forks)
+
+    errors: list[str] = []
+    started = 0
+    lock = threading.Lock()
+
+    def one() -> None:
+        nonlocal started
+        try:
+            with Echo(free_port(), name="ForkEcho", start_method="fork") as client:
+                assert client.add(1, 1) == 2
+            with lock:
+                started += 1
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    for _ in range(8):
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    return {"started": started, "errors": errors[:3]}
+
+
 def missing(ns: str) -> dict[str, Any]:
     sys.modules["ray"] = None  # type: ignore[assignment]
     import rpcgen.runtime  # noqa: F401
@@ -305,6 +335,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
         failures,
         local,
         missing,
+        forks,
         nowhere,
         where,
     )
