@@ -120,7 +120,7 @@ def _steady(ray: Any, quick: bool) -> list[Row]:
 
 
 def _start(quick: bool) -> list[Row]:
-    rounds = 2 if quick else 6
+    rounds = 1 if quick else 6
     ray_s, process_s = [], []
     holder: list[BenchClient] = []
     for _ in range(rounds):  # interleaved: drift hits both alike
@@ -233,20 +233,20 @@ def _throughput(client: BenchClient, processes: int, seconds: float) -> float:
 
 
 def _many_clients(quick: bool) -> list[Row]:
-    seconds = 1.0 if quick else 4.0
+    seconds, processes = (0.5, 2) if quick else (4.0, 4)
     actor = _ray_client()
     process = BenchClient(free_port())
     try:
-        r = _throughput(actor, 4, seconds)
-        p = _throughput(process, 4, seconds)
+        r = _throughput(actor, processes, seconds)
+        p = _throughput(process, processes, seconds)
     finally:
         actor.shutdown()
         process.shutdown()
     return [
-        Row("ray", "calls/s, 4 client processes, backend=process", p, "/s"),
+        Row("ray", f"calls/s, {processes} client processes, backend=process", p, "/s"),
         Row(
             "ray",
-            "calls/s, 4 client processes, backend=ray",
+            f"calls/s, {processes} client processes, backend=ray",
             r,
             "/s",
             baseline="backend=process",
