@@ -273,7 +273,6 @@ class RayProxy(CallsByName):
         self._rpc_handle = handle
         self._rpc_ray: Any = None
         self._rpc_closed = False
-        self._rpc_pid = os.getpid()
 
     @property
     def _rpc_where(self) -> str:
@@ -472,6 +471,10 @@ def _actor_row(handle: Any) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def _actor_dead(handle: Any) -> bool:
+    return bool((_actor_row(handle) or {}).get("State", "DEAD") == "DEAD")
+
+
 class RayHost:
     """The owner's side of one service's actor: start, stop, restart, replace a stale one."""
 
@@ -516,17 +519,17 @@ class RayHost:
         except ValueError:
             return None
 
-    def _wait_gone(self, ray: Any, timeout_s: float) -> bool:
+    def _wait_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Poll ``condition`` with backoff until it holds (True) or ``timeout_s`` passes."""
         deadline = self.clock() + timeout_s
         attempt = 0
-        while self._lookup(ray) is not None:
+        while not condition():
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return False
             attempt += 1
-            self.sleep(
-                min(remaining, backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.2))
-            )
+            pause = backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.2)
+            self.sleep(min(remaining, pause))
         return True
 
     def _clear_stale(self, ray: Any, timeout_s: float) -> None:
@@ -559,7 +562,7 @@ class RayHost:
                 owner,
             )
             ray.kill(handle, no_restart=True)
-        if not self._wait_gone(ray, timeout_s):
+        if not self._wait_until(lambda: self._lookup(ray) is None, timeout_s):
             raise ServiceAlreadyRunning(service=self.service, where=self.where, owner=owner)
 
     def start(self, timeout_s: float, stale_timeout_s: float) -> int:
@@ -652,20 +655,8 @@ class RayHost:
         if not ray.is_initialized():
             return  # Ray is gone, and our actor with it
         ray.kill(handle, no_restart=True)
-        if not self._wait_dead(handle, timeout_s):
+        if not self._wait_until(lambda: _actor_dead(handle), timeout_s):
             self.log.warning("%s: %s not dead yet after kill", self.service, self.where)
-
-    def _wait_dead(self, handle: Any, timeout_s: float) -> bool:
-        deadline = self.clock() + timeout_s
-        attempt = 0
-        while (_actor_row(handle) or {}).get("State", "DEAD") != "DEAD":
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return False
-            attempt += 1
-            pause = backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.2)
-            self.sleep(min(remaining, pause))
-        return True
 
     def restart(self, timeout_s: float, old_pid: int | None) -> int:
         """Kill our actor so that Ray restarts it; if Ray has given up on it, make a new one."""

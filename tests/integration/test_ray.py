@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 
-import psutil
 import pytest
 
 from tests.support.netns_hosts import veth_hosts
@@ -30,7 +29,7 @@ from tests.support.ray_cluster import (
     scenario_env,
     start_node,
 )
-from tests.support.waiting import free_port, wait_until
+from tests.support.waiting import free_port, pid_alive, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not ray_installed(), reason=SKIP_NO_RAY),
@@ -85,7 +84,7 @@ def test_calls_exceptions_aio_pickling_and_shutdown(ray_head: RayNode) -> None:
 def test_sigkill_of_the_actor_worker_ray_restarts_it(ray_head: RayNode) -> None:
     out = run_scenario(ray_head, "sigkill", namespace())
     assert out["new"] != out["old"]
-    assert not psutil.pid_exists(out["old"]) or psutil.Process(out["old"]).status() == "zombie"
+    assert not pid_alive(out["old"])
     assert out["server_pid"] == out["new"]
     assert out["healthy"] is True and out["calls"] == 42
     assert set(out["errors"]) <= {"ServiceUnavailable"}
@@ -169,11 +168,11 @@ def test_stale_detached_actor_of_a_killed_owner_is_replaced(ray_head: RayNode) -
         first = json.loads(ready.split(" ", 1)[1])
         os.kill(proc.pid, signal.SIGKILL)  # the owner crashes; its detached actor stays
         proc.wait(30)
-    assert psutil.pid_exists(first["pid"])
+    assert pid_alive(first["pid"])
     second = run_scenario(ray_head, "start", ns, "yes")
     assert "error" not in second, second
     assert second["pid"] != first["pid"] and second["add"] == 7
-    wait_until(lambda: not psutil.pid_exists(first["pid"]), timeout=30, what="stale actor gone")
+    wait_until(lambda: not pid_alive(first["pid"]), timeout=30, what="stale actor gone")
 
 
 def test_start_failures_are_one_clear_error(ray_head: RayNode) -> None:
@@ -198,13 +197,11 @@ def test_local_ray_started_on_first_use_is_gone_when_the_program_ends() -> None:
         assert out["add"] == 11 and out["actor_pid"] in out["pids"]
         assert len(out["pids"]) >= 3  # gcs_server, raylet, the actor's worker, ...
 
-        def all_gone() -> bool:
-            return not any(
-                psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-                for pid in out["pids"]
-            )
-
-        wait_until(all_gone, timeout=60, what="the local Ray's processes to exit")
+        wait_until(
+            lambda: not any(pid_alive(pid) for pid in out["pids"]),
+            timeout=60,
+            what="the local Ray's processes to exit",
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -25,7 +25,7 @@ from rpcgen.runtime import (
 )
 from tests.support.notifiers import RecordingNotifier
 from tests.support.ray_services import Broken, Relay
-from tests.support.services import Echo, NeedsArgsError
+from tests.support.services import Echo
 from tests.support.waiting import free_port
 
 
@@ -81,7 +81,6 @@ def basic(ns: str) -> dict[str, Any]:
     out["missing"] = _error(proxy.no_such_rpc)
     out["unpicklable"] = _error(proxy.unpicklable_rpc)
     out["after_errors"] = c.add(1, 1)
-    assert isinstance(NeedsArgsError, type)
 
     async def concurrently() -> dict[str, Any]:
         adds = await asyncio.gather(*(c.aio.add(i, 1) for i in range(20)))
@@ -299,19 +298,17 @@ def where(ns: str, resource: str) -> dict[str, Any]:
     """The netns test's client: a Relay pinned to the node that has ``resource``."""
     from rpcgen.runtime.ray_backend import list_services
 
-    began = time.monotonic()
+    # Bounds, not waits: a first worker on a fresh node may take longer than the default.
     relay = Relay(
         ray_options=RayOptions(namespace=ns, resources={resource: 1}, num_cpus=0),
         start_timeout_s=60,
     )
-    relay_s = time.monotonic() - began
     echo = _echo(
         ns,
         ray_options=RayOptions(namespace=ns, resources={resource: 1}, num_cpus=0),
         start_timeout_s=60,
     )
     out = {
-        "start_s": [relay_s, time.monotonic() - began - relay_s],
         "where": relay.where(),
         "via_relay": relay.relay(echo, "across"),
         "actors": list_services(namespace=ns),
