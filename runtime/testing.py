@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import pytest
 
-__all__ = ["free_port", "registry_fixture", "service_fixture"]
+__all__ = ["free_port", "free_ports", "registry_fixture", "service_fixture"]
 
 MODES = ("direct", "rpc")
 Scope = Literal["session", "package", "module", "class", "function"]
@@ -37,6 +38,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all held open until all are chosen (one at a time,
+    the OS may hand out a port it just gave, once its probe socket closed)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def service_fixture(
@@ -104,7 +115,7 @@ def registry_fixture(
 
 def _run_registry(registry: ModuleType | str, mode: str, kwargs: dict[str, Any]) -> Iterator[Any]:
     module = importlib.import_module(registry) if isinstance(registry, str) else registry
-    ports = {name: free_port() for name in module.SERVICE_NAMES}
+    ports = dict(zip(module.SERVICE_NAMES, free_ports(len(module.SERVICE_NAMES)), strict=True))
     services = module.start_all(running_unit_tests=(mode == "direct"), ports=ports, **kwargs)
     try:
         yield services

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from rpcgen.runtime import ServiceStartError, list_servers
+from rpcgen.runtime.testing import free_ports
 from tests.support import registry_services as reg
 from tests.support.procs import python_process, read_line
-from tests.support.waiting import free_port, pid_alive, wait_until, wait_until_dead
+from tests.support.waiting import pid_alive, wait_until, wait_until_dead
 
 
 def ports() -> dict[str, int]:
-    return {name: free_port() for name in reg.SERVICE_NAMES}
+    return dict(zip(reg.SERVICE_NAMES, free_ports(len(reg.SERVICE_NAMES)), strict=True))
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ import json
 import sys
 import threading
 
+from rpcgen.runtime.testing import free_ports
 from tests.support import registry_services
-from tests.support.waiting import free_port
 
 
 def main() -> None:
-    ports = {name: free_port() for name in registry_services.SERVICE_NAMES}
+    names = registry_services.SERVICE_NAMES
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     services = registry_services.start_all(ports=ports)
     print(json.dumps({attr: client.server_pid for attr, client in services}), flush=True)
     threading.Event().wait(60)
