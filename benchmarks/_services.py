@@ -7,8 +7,7 @@ from multiprocessing.managers import BaseManager
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from rpcgen.runtime import AsyncView, RPCServiceBase, serve_rpc
-from rpcgen.runtime.transport import Address
+from rpcgen.runtime import Address, AsyncView, RPCServiceBase, serve_rpc
 
 
 class BenchServer:

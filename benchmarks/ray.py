@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rpcgen.runtime import RayOptions, ServiceUnavailable
-from rpcgen.runtime.backend import DEFAULT_RAY_MAX_CONCURRENCY
+from rpcgen.runtime.constants import DEFAULT_MAX_CONCURRENT_CALLS
 
 from ._services import BenchClient, BenchServer
 from ._util import Row, free_port, median_ms, timed
@@ -68,7 +68,7 @@ def _interleaved(variants: dict[str, Callable[[], Any]], n: int, blocks: int) ->
 
 def _steady(ray: Any, quick: bool) -> list[Row]:
     raw_cls = ray.remote(RawBench)
-    threaded = raw_cls.options(max_concurrency=DEFAULT_RAY_MAX_CONCURRENCY).remote()
+    threaded = raw_cls.options(max_concurrency=DEFAULT_MAX_CONCURRENT_CALLS).remote()
     plain = raw_cls.remote()
     ours = _ray_client()
     process = BenchClient(free_port())

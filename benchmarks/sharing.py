@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rpcgen.runtime import RestartPolicy, RPCProxy, ServiceUnavailable
+from rpcgen.runtime import RestartPolicy, ServiceUnavailable
+from rpcgen.runtime.proxy import RPCProxy
 
 from ._services import BenchClient
 from ._util import Row, free_port, median_ms
@@ -24,7 +25,7 @@ NO_FLAP = RestartPolicy(backoff_initial_s=0.001, backoff_max_s=0.01, flap_max_re
 
 
 def _plain_connect(owner: BenchClient) -> float:
-    key = owner._rpc_key()
+    key = owner._rpc_backend.key()
     start = time.perf_counter()
     proxy = RPCProxy(service="Bench", address=owner.address, authkey=key)
     proxy.echo_rpc(1)

@@ -1,12 +1,25 @@
 """rpcgen.runtime: run a Python object as an RPC service in its own process.
 
 The public API; see :class:`RPCServiceBase`. Importing this package never
-imports the generator's dependencies (jinja2, typer, black).
+imports the generator's dependencies (jinja2, typer, black), nor ray.
+
+Where to look (one job per module):
+
+* ``service.py``: the client's API and lifecycle; ``lifecycle.py``: its state and locks;
+* ``backend.py``: the seam every backend fills; ``direct.py``, ``process_backend.py``,
+  ``ray_backend.py`` (with ``ray_cluster.py``, ``ray_actor.py``, ``ray_proxy.py``);
+* ``proxy.py``, ``mux.py``, ``transport.py``, ``wire.py``: calls, asyncio calls,
+  sockets and the handshake, framing;
+* ``serve.py``, ``announce.py``: the server process, its title and readiness;
+* ``supervise.py``, ``health.py``, ``poll.py``, ``notify.py``: health checks, restarts,
+  bounded waits, notifications;
+* ``process.py``, ``directory.py``, ``sharing.py``: ports and processes, the service
+  directory, attaching;
+* ``settings.py``, ``constants.py``, ``errors.py``, ``registry.py``, ``testing.py``.
 """
 
 from .aio import AsyncView
-from .backend import RayOptions
-from .direct import PicklingProxy
+from .announce import ReadySignal
 from .endpoint import Address, Endpoint
 from .errors import (
     BackendNotInstalled,
@@ -18,6 +31,7 @@ from .errors import (
     ServiceAuthenticationError,
     ServiceError,
     ServiceNotFound,
+    ServiceStartError,
     ServiceStopped,
     ServiceUnavailable,
     StartupError,
@@ -25,21 +39,11 @@ from .errors import (
     UnsafeBindError,
 )
 from .health import HealthPolicy, RestartPolicy
-from .notify import LoggingNotifier, NotificationDispatcher, Notifier, SlackWebhookNotifier
-from .process import (
-    ServerProcess,
-    cleanup_stale,
-    cleanup_stale_server,
-    find_listeners,
-    list_servers,
-    port_is_free,
-    unix_socket_in_use,
-    wait_port_free,
-)
-from .registry import ServiceGraph, ServiceNode, ServiceStartError, StartedServices
-from .serve import ReadySignal, ServerTitle, parse_process_title, process_title, serve_rpc
+from .notify import LoggingNotifier, Notifier, SlackWebhookNotifier
+from .registry import ServiceGraph, ServiceNode, StartedServices
+from .serve import serve_rpc
 from .service import RPCServiceBase, ServiceState
-from .transport import RPCProxy
+from .settings import RayOptions
 
 __all__ = [
     "Address",
@@ -50,18 +54,13 @@ __all__ = [
     "HealthPolicy",
     "LoggingNotifier",
     "NotPicklableError",
-    "NotificationDispatcher",
     "Notifier",
-    "PicklingProxy",
     "PortInUseError",
-    "RPCProxy",
     "RPCServiceBase",
     "RayOptions",
     "ReadySignal",
     "RemoteCallError",
     "RestartPolicy",
-    "ServerProcess",
-    "ServerTitle",
     "ServiceAlreadyRunning",
     "ServiceAuthenticationError",
     "ServiceError",
@@ -77,14 +76,5 @@ __all__ = [
     "StartupError",
     "StartupTimeout",
     "UnsafeBindError",
-    "cleanup_stale",
-    "cleanup_stale_server",
-    "find_listeners",
-    "list_servers",
-    "parse_process_title",
-    "port_is_free",
-    "process_title",
     "serve_rpc",
-    "unix_socket_in_use",
-    "wait_port_free",
 ]

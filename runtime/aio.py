@@ -23,16 +23,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
-
-if TYPE_CHECKING:
-    from .service import RPCServiceBase
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 __all__ = ["AsyncView"]
 
 ServerT = TypeVar("ServerT")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+class AsyncCaller(Protocol):
+    """What the view needs of its client (an RPCServiceBase): one asyncio call path."""
+
+    def _rpc_acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Awaitable[Any]: ...
 
 
 class _Names:
@@ -52,7 +61,7 @@ class AsyncView(Generic[ServerT]):
 
     __slots__ = ("_rpc_client",)
 
-    def __init__(self, client: RPCServiceBase[ServerT]) -> None:
+    def __init__(self, client: AsyncCaller) -> None:
         self._rpc_client = client
 
     def __repr__(self) -> str:

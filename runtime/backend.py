@@ -1,148 +1,160 @@
-"""Where a service's server object runs: its own process, or a Ray actor.
+"""The backend seam: where a service's server object runs, behind one small interface.
 
-``backend="process"`` (the default) runs the server in a process of its own on
-this host. ``backend="ray"`` creates it inside a named Ray actor (see
-:mod:`rpcgen.runtime.ray_backend`, imported only then, so ``import
-rpcgen.runtime`` never imports ray). This module holds what needs no Ray: the
-names, :class:`RayOptions`, and the check that a client's settings fit its backend.
+:class:`~rpcgen.runtime.service.RPCServiceBase` picks one :class:`Backend` in
+its constructor and drives the lifecycle through it, never asking which kind
+it has::
+
+    RPCServiceBase ──> Backend ──> Proxy (what _server_proxy returns)
+                        ├─ DirectBackend   the server object in this process (direct.py)
+                        ├─ ProcessBackend  its own process (process_backend.py)
+                        └─ RayBackend      a named Ray actor (ray_backend.py)
+
+A backend takes plain values and callables (the client's ``_start_server_process``,
+``notify``, ``clock``, ``sleep``), never the client object, so unit tests drive
+the lifecycle with a fake backend.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_RAY_MAX_CONCURRENCY",
-    "DEFAULT_RAY_NAMESPACE",
-    "RayOptions",
-    "check_backend",
-]
+from .supervise import Probe
 
-BACKENDS = ("process", "ray")
-DEFAULT_RAY_NAMESPACE = "rpcgen"
-#: As the process backend's ``max_concurrent_calls``: calls overlap (a health check is
-#: never queued behind a long call). 1 gives Ray's one-call-at-a-time actor.
-DEFAULT_RAY_MAX_CONCURRENCY = 32
+__all__ = ["Backend", "CallsByName", "Proxy", "ServerRef"]
+
+#: (server pid, start generation): which server a client last reached. A restart
+#: acts only on the server it saw failing.
+ServerRef = tuple[int, int]
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+class Proxy(Protocol):
+    """The call signature every backend's proxy shares.
 
-
-@dataclass(frozen=True)
-class RayOptions:
-    """How the service's actor is placed and kept alive (passed to ``actor.options()``).
-
-    ``max_restarts``: Ray restarts a dead actor this many times (-1: always).
-    ``detached``: the actor outlives the program that created it, until its
-    owner's ``shutdown()``; a later owner replaces it only once that program is gone.
+    The names are private because any public name on a proxy is a server method.
     """
 
-    namespace: str = DEFAULT_RAY_NAMESPACE
-    num_cpus: float | None = None
-    num_gpus: float | None = None
-    resources: Mapping[str, float] = field(default_factory=dict)
-    max_concurrency: int = DEFAULT_RAY_MAX_CONCURRENCY
-    max_restarts: int = -1
-    detached: bool = False
+    def _rpc_call(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any: ...
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ValueError(f"RayOptions: {problems[0]}")
-        object.__setattr__(self, "resources", dict(self.resources))
+    def _rpc_acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Awaitable[Any]: ...
 
-    def problems(self) -> list[str]:
-        """What is wrong with these options, one line each (empty: nothing)."""
-        found = []
-        if not isinstance(self.namespace, str) or not self.namespace.strip():
-            found.append(f"namespace must be a non-empty string, got {self.namespace!r}")
-        for name in ("num_cpus", "num_gpus"):
-            value = getattr(self, name)
-            if value is not None and (not _number(value) or value < 0):
-                found.append(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.resources, Mapping) or not all(
-            isinstance(k, str) and k and _number(v) and v >= 0 for k, v in self.resources.items()
-        ):
-            found.append(f"resources must map names to numbers >= 0, got {self.resources!r}")
-        if (
-            not isinstance(self.max_concurrency, int)
-            or isinstance(self.max_concurrency, bool)
-            or not 1 <= self.max_concurrency <= 1024
-        ):
-            found.append(
-                f"max_concurrency must be an integer from 1 to 1024, got {self.max_concurrency!r}"
-            )
-        if (
-            not isinstance(self.max_restarts, int)
-            or isinstance(self.max_restarts, bool)
-            or self.max_restarts < -1
-        ):
-            found.append(f"max_restarts must be an integer >= -1, got {self.max_restarts!r}")
-        if not isinstance(self.detached, bool):
-            found.append(f"detached must be true or false, got {self.detached!r}")
-        return found
-
-    def actor_options(self) -> dict[str, Any]:
-        """The keywords for ``ActorClass.options()`` (without name and runtime_env)."""
-        options: dict[str, Any] = {
-            "namespace": self.namespace,
-            "max_restarts": self.max_restarts,
-            # A call in flight when the actor dies fails: it may have run, and
-            # running it twice is not ours to decide (as with the process backend).
-            "max_task_retries": 0,
-            "max_concurrency": self.max_concurrency,
-        }
-        if self.num_cpus is not None:
-            options["num_cpus"] = self.num_cpus
-        if self.num_gpus is not None:
-            options["num_gpus"] = self.num_gpus
-        if self.resources:
-            options["resources"] = dict(self.resources)
-        if self.detached:
-            options["lifetime"] = "detached"
-        return options
+    def _rpc_close(self) -> None: ...
 
 
-def check_backend(
-    service: str,
-    backend: str,
-    *,
-    ray_address: str | None,
-    ray_options: RayOptions | None,
-    process_only: Mapping[str, bool],
-) -> None:
-    """Raise ValueError (one line) if a setting does not belong to the backend.
+class Backend(Protocol):
+    """One service's server, as its client sees it.
 
-    ``process_only`` maps each process-backend setting to whether it was changed
-    from its default.
+    The owner (the process that called ``start()``) starts, restarts and stops the
+    server; any other client (attached, unpickled, forked) only follows it.
     """
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"service {service!r}: backend must be one of {', '.join(map(repr, BACKENDS))}, "
-            f"got {backend!r}"
-        )
-    if backend == "process":
-        given = [
-            name
-            for name, value in (("ray_address", ray_address), ("ray_options", ray_options))
-            if value is not None
-        ]
-        if given:
-            raise ValueError(
-                f"service {service!r}: {' and '.join(given)} apply only to backend='ray' "
-                "(this service uses backend='process')"
-            )
-        return
-    changed = sorted(name for name, was_set in process_only.items() if was_set)
-    if changed:
-        raise ValueError(
-            f"service {service!r}: {', '.join(changed)} apply only to backend='process' "
-            "(this service uses backend='ray'; use RayOptions for the actor)"
-        )
-    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address):
-        raise ValueError(f"service {service!r}: ray_address must be a non-empty string")
+
+    @property
+    def proxy(self) -> Any:
+        """What ``_server_proxy`` returns; None before a start (and, direct, after close)."""
+        ...
+
+    @property
+    def calls(self) -> Proxy | None:
+        """The call path for ``client.aio``; None before a start."""
+        ...
+
+    @property
+    def server(self) -> ServerRef:
+        """The server this client last reached; (0, 0) before any."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """Where the server runs, for logs and repr (``127.0.0.1:50001``, ``ray:ns/Name``)."""
+        ...
+
+    def start(self) -> int | None:
+        """Owner: start the server and connect; its pid (None in direct mode)."""
+        ...
+
+    def stop(self) -> None:
+        """Owner: stop the server for good (graceful first, bounded), and drop its key."""
+        ...
+
+    def restart_once(self) -> int | None:
+        """Owner: one stop-and-start attempt; raises a ServiceError if it failed."""
+        ...
+
+    def probe(self) -> Probe:
+        """One health check of the server."""
+        ...
+
+    def watch(self, on_exit: Callable[[str, ServerRef], None]) -> None:
+        """Owner: call ``on_exit(reason, server)`` as soon as the server dies (if it can tell)."""
+        ...
+
+    def unwatch(self, timeout_s: float) -> None: ...
+
+    def handoff(self) -> Any:
+        """What a copy of this client in another process needs to follow the server."""
+        ...
+
+    def follow(self, handoff: Any) -> None:
+        """Become a client of a running server that this process does not own."""
+        ...
+
+    def attach(self, located: Any, timeout_s: float) -> None:
+        """Follow a running server that ``attach()`` located (None: find it by name),
+        once it answers within ``timeout_s``; ServiceNotFound if none does."""
+        ...
+
+    def on_unhealthy(self, reason: str) -> bool:
+        """A client that does not own the server found it unhealthy: act (True) or not."""
+        ...
+
+    def rotate_key(self) -> None:
+        """Owner: drop the key, so that the next start makes a new one (or refuse)."""
+        ...
+
+    def close(self) -> None:
+        """Close this client's connections; later calls raise ServiceStopped."""
+        ...
+
+    def after_fork(self) -> None:
+        """In a forked child: this copy follows the server and owns nothing."""
+        ...
+
+
+class CallsByName:
+    """``proxy.name(*args, **kwargs)`` is ``proxy._rpc_call("name", args, kwargs)``.
+
+    Private names are never forwarded: they are the proxy's own.
+    """
+
+    def _rpc_call(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        call = self._rpc_call
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return call(name, args, kwargs)
+
+        method.__name__ = method.__qualname__ = name
+        self.__dict__[name] = method  # later lookups skip __getattr__
+        return method

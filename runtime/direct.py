@@ -1,20 +1,26 @@
-"""Direct mode with RPC semantics: every argument, result and error goes through pickle.
+"""Direct mode: the server object in this process (``running_unit_tests=True``).
 
-In direct mode (``running_unit_tests=True``) the client calls the server object
-in-process. That hides what would fail over RPC: an unpicklable argument or
-result (a generator, a lock, a lambda), a private method, or a result the test
-mutates in place. :class:`PicklingProxy` makes direct mode fail the same way.
+:class:`DirectBackend` makes it with the client's ``_create_direct_server()``.
+Calling the server in-process hides what would fail over RPC: an unpicklable
+argument or result (a generator, a lock, a lambda), a private method, or a
+result the test mutates in place. With ``direct_mode_pickle=True``,
+:class:`PicklingProxy` sends every argument, result and error through pickle, so
+direct mode fails the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .backend import ServerRef
 from .remote import pack_exception, unpack_exception
+from .supervise import Probe, judge_health
 
-__all__ = ["PicklingProxy"]
+__all__ = ["DirectBackend", "DirectProxy", "PicklingProxy"]
 
 
 def _roundtrip(value: Any, what: str, method: str) -> Any:
@@ -65,3 +71,105 @@ class PicklingProxy:
 
         method.__name__ = name
         return method
+
+
+class DirectProxy:
+    """Direct mode's call path (:class:`~rpcgen.runtime.backend.Proxy`): the server
+    object's methods, called in this process; asyncio calls in a worker thread, so
+    direct-mode tests see calls overlap as they do over RPC."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def _rpc_call(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        return getattr(self._target, method)(*args, **(kwargs or {}))
+
+    def _rpc_acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Awaitable[Any]:
+        return _in_thread(functools.partial(getattr(self._target, method), *args, **(kwargs or {})))
+
+    def _rpc_close(self) -> None:
+        self._target = None
+
+
+async def _in_thread(call: Callable[[], Any]) -> Any:
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+class DirectBackend:
+    """The :class:`~rpcgen.runtime.backend.Backend` of direct mode: the server object
+    made in this process by ``make_server`` (the client's ``_create_direct_server``).
+
+    Nothing to restart, follow or stop: a failing health check is reported, never acted on.
+    """
+
+    label = "direct"
+
+    def __init__(
+        self, *, make_server: Callable[[], Any], pickling: bool, log: logging.Logger
+    ) -> None:
+        self.make_server = make_server
+        self.pickling = pickling
+        self.log = log
+        self.proxy: Any = None
+        self.calls: DirectProxy | None = None
+        self.server: ServerRef = (0, 0)
+
+    def start(self) -> None:
+        server = self.make_server()
+        self.proxy = PicklingProxy(server) if self.pickling else server
+        self.calls = DirectProxy(self.proxy)
+
+    def stop(self) -> None:
+        pass
+
+    def restart_once(self) -> None:
+        return None
+
+    def probe(self) -> Probe:
+        calls = self.calls
+        return judge_health(lambda: calls._rpc_call("health_check_rpc") if calls else None)
+
+    def watch(self, on_exit: Callable[[str, ServerRef], None]) -> None:
+        pass
+
+    def unwatch(self, timeout_s: float) -> None:
+        pass
+
+    def handoff(self) -> Any:
+        raise TypeError("a direct-mode client cannot be handed to another process")
+
+    def follow(self, handoff: Any) -> None:
+        raise TypeError("a direct-mode client cannot follow another process's server")
+
+    def attach(self, located: Any, timeout_s: float) -> None:
+        raise TypeError("a direct-mode client has no running service to attach to")
+
+    def on_unhealthy(self, reason: str) -> bool:
+        self.log.warning("%s direct server is unhealthy: %s", self.label, reason)
+        return False
+
+    def rotate_key(self) -> None:
+        pass  # no key: nothing crosses a process boundary
+
+    def close(self) -> None:
+        self.proxy = None
+        if self.calls is not None:
+            self.calls._rpc_close()
+            self.calls = None
+
+    def after_fork(self) -> None:
+        pass

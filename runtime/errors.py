@@ -22,7 +22,9 @@ callers' existing ``except`` clauses already catch::
     ├── NotPicklableError (TypeError)             direct-mode client pickled
     ├── ServiceAlreadyRunning (RuntimeError)      backend="ray": a live actor of that name
     │                                             has a live owner
-    └── BackendNotInstalled (ImportError)         backend="ray" without ray installed
+    ├── BackendNotInstalled (ImportError)         backend="ray" without ray installed
+    └── ServiceStartError (RuntimeError)          a registry's service failed to start; the
+                                                  ones already started were shut down
 
 The raw errors of :mod:`multiprocessing.managers` (``ConnectionRefusedError``,
 ``EOFError``, ``AuthenticationError``, ``RemoteError``) reach users only wrapped in
@@ -38,6 +40,7 @@ calling ``__init__`` again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from multiprocessing import AuthenticationError
 from typing import Any
 
@@ -52,6 +55,7 @@ __all__ = [
     "ServiceAuthenticationError",
     "ServiceError",
     "ServiceNotFound",
+    "ServiceStartError",
     "ServiceStopped",
     "ServiceUnavailable",
     "StartupError",
@@ -324,3 +328,12 @@ class BackendNotInstalled(ImportError, ServiceError):
             f"service {service!r} uses backend={backend!r}, but {backend} is not installed: "
             f"pip install 'rpcgen[{extra}]'"
         )
+
+
+class ServiceStartError(RuntimeError, ServiceError):
+    """A service of a registry failed to start; those already started were shut down."""
+
+    def __init__(self, *, service: str, cause: BaseException, stopped: Sequence[str]) -> None:
+        self.service, self.cause, self.stopped = service, cause, list(stopped)
+        undone = f"; shut down again: {', '.join(self.stopped)}" if self.stopped else ""
+        super().__init__(f"service {service!r} failed to start: {cause}{undone}")

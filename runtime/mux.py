@@ -22,16 +22,13 @@ import threading
 import weakref
 from asyncio import get_running_loop
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import CallTimeout, ServiceStopped
-from .transport import OBJECT_ID, describe
+from .transport import OBJECT_ID
 from .wire import FrameReader, ProtocolError, dumps, looks_big, tagged_frame
 
-if TYPE_CHECKING:
-    from .transport import RPCProxy
-
-__all__ = ["MuxConnection", "acall"]
+__all__ = ["LoopConnections", "MuxClient", "MuxConnection"]
 
 # Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
 _READ_SIZE = 1 << 16
@@ -226,88 +223,169 @@ def _close_fd(lock: threading.Lock, box: list[int]) -> None:
         os.close(fd)
 
 
-def acall(
-    proxy: RPCProxy,
-    method: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any] | None,
-    timeout_s: float | None,
-) -> Awaitable[Any]:
-    """Call ``method`` through this loop's multiplexed connection of ``proxy``.
+class MuxClient(Protocol):
+    """What a multiplexed connection needs of the proxy it calls for (RPCProxy)."""
 
-    On the fast path (connection open, no timeout) the awaitable is the call's own future.
-    """
-    kwargs = kwargs or {}
-    big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
-    payload = dumps((OBJECT_ID, method, args, kwargs), big)
-    loop = get_running_loop()
-    conn = proxy._rpc_mux_last  # most programs run one loop: skip the table
-    if conn is None or conn._loop() is not loop:
-        conn = proxy._rpc_mux.get(loop)
-    if (
-        timeout_s is not None
-        or conn is None
-        or conn.closed
-        or conn.generation != proxy._rpc_generation
-    ):
-        return _call(proxy, loop, conn, method, payload, timeout_s)
-    proxy._rpc_mux_last = conn
-    return conn.request(loop, payload, method)
+    _rpc_service: str
+    #: bumped when the proxy drops its connections (a restart): older ones are stale
+    _rpc_generation: int
+    _rpc_closed: bool
+
+    def _rpc_open_mux(self, timeout_s: float | None) -> tuple[int, int]:
+        """Handshake (blocking): a multiplexed connection's fd, and its generation."""
+        ...
+
+    def _rpc_decode(self, method: str, reply: bytes) -> Any: ...
+
+    def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception: ...
+
+    def _rpc_call_timeout(self, method: str, timeout_s: float) -> CallTimeout: ...
 
 
-async def _call(
-    proxy: RPCProxy,
-    loop: asyncio.AbstractEventLoop,
-    conn: MuxConnection | None,
-    method: str,
-    payload: bytes | memoryview,
-    timeout_s: float | None,
-) -> Any:
-    if conn is None or conn.closed or conn.generation != proxy._rpc_generation:
-        conn = await _connection(proxy, loop, timeout_s)
-    proxy._rpc_mux_last = conn
-    future = conn.request(loop, payload, method)
-    del payload
-    if timeout_s is None:
-        return await future
-    try:
-        return await asyncio.wait_for(future, timeout_s)  # cancels the future in time
-    except asyncio.TimeoutError:
-        host, port = describe(proxy._rpc_address)
-        raise CallTimeout(
-            service=proxy._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
-        ) from None
+class LoopConnections:
+    """One proxy's multiplexed connections: one per event loop, opened on first use."""
 
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.closed = False
+        # Weak on the loop: a finished asyncio.run() loop takes its entry with it.
+        self.by_loop: weakref.WeakKeyDictionary[Any, MuxConnection] = weakref.WeakKeyDictionary()
+        self.opening: weakref.WeakKeyDictionary[Any, asyncio.Task[MuxConnection]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.last: MuxConnection | None = None  # most programs run one loop: skip the table
 
-async def _connection(
-    proxy: RPCProxy, loop: asyncio.AbstractEventLoop, timeout_s: float | None
-) -> MuxConnection:
-    """This loop's connection, opened once however many tasks ask at the same time."""
-    opening = proxy._rpc_mux_opening.get(loop)
-    if opening is None:
-        opening = loop.create_task(_open(proxy, loop, timeout_s))
-        proxy._rpc_mux_opening[loop] = opening
-        opening.add_done_callback(lambda task: _opened(proxy, loop, task))
-    # shield: one caller's cancellation must not cancel the others' connection.
-    return await asyncio.shield(opening)
+    def call(
+        self,
+        client: MuxClient,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        timeout_s: float | None,
+    ) -> Awaitable[Any]:
+        """Call ``method`` through this loop's connection.
 
+        On the fast path (connection open, no timeout) the awaitable is the call's own future.
+        """
+        kwargs = kwargs or {}
+        big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
+        payload = dumps((OBJECT_ID, method, args, kwargs), big)
+        loop = get_running_loop()
+        conn = self.last
+        if conn is None or conn._loop() is not loop:
+            conn = self.by_loop.get(loop)
+        if (
+            timeout_s is not None
+            or conn is None
+            or conn.closed
+            or conn.generation != client._rpc_generation
+        ):
+            return self._call(client, loop, conn, method, payload, timeout_s)
+        self.last = conn
+        return conn.request(loop, payload, method)
 
-def _opened(
-    proxy: RPCProxy, loop: asyncio.AbstractEventLoop, task: asyncio.Task[MuxConnection]
-) -> None:
-    if proxy._rpc_mux_opening.get(loop) is task:
-        del proxy._rpc_mux_opening[loop]
-    if not task.cancelled():
-        task.exception()  # retrieved: if every caller was cancelled, nobody else will
+    def close_all(self) -> None:
+        """Close every loop's connection (any thread); calls in flight fail, typed."""
+        with self.lock:
+            conns = list(self.by_loop.values())
+            self.by_loop.clear()
+            self.last = None
+        for conn in conns:
+            conn.close_threadsafe()
+
+    def close_in_child(self) -> None:
+        """After fork: close this process's copies of the fds; the loops are the parent's."""
+        for conn in list(self.by_loop.values()):
+            conn.close_in_child()
+
+    async def _call(
+        self,
+        client: MuxClient,
+        loop: asyncio.AbstractEventLoop,
+        conn: MuxConnection | None,
+        method: str,
+        payload: bytes | memoryview,
+        timeout_s: float | None,
+    ) -> Any:
+        if conn is None or conn.closed or conn.generation != client._rpc_generation:
+            conn = await self._connection(client, loop, timeout_s)
+        self.last = conn
+        future = conn.request(loop, payload, method)
+        del payload
+        if timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout_s)  # cancels the future in time
+        except asyncio.TimeoutError:
+            raise client._rpc_call_timeout(method, timeout_s) from None
+
+    async def _connection(
+        self, client: MuxClient, loop: asyncio.AbstractEventLoop, timeout_s: float | None
+    ) -> MuxConnection:
+        """This loop's connection, opened once however many tasks ask at the same time."""
+        opening = self.opening.get(loop)
+        if opening is None:
+            opening = loop.create_task(self._open(client, loop, timeout_s))
+            self.opening[loop] = opening
+            opening.add_done_callback(lambda task: self._opened(loop, task))
+        # shield: one caller's cancellation must not cancel the others' connection.
+        return await asyncio.shield(opening)
+
+    def _opened(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[MuxConnection]) -> None:
+        if self.opening.get(loop) is task:
+            del self.opening[loop]
+        if not task.cancelled():
+            task.exception()  # retrieved: if every caller was cancelled, nobody else will
+
+    async def _open(
+        self, client: MuxClient, loop: asyncio.AbstractEventLoop, timeout_s: float | None
+    ) -> MuxConnection:
+        # The handshake blocks (and may wait for a restart): not on the loop's thread. Its
+        # own thread, not the loop's executor: if this task is cancelled (asyncio.run()
+        # ending mid-connect), the fd the handshake still returns must be closed, not leaked.
+        handshake: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+        threading.Thread(
+            target=_handshake,
+            args=(client, timeout_s, handshake),
+            name="rpcgen-connect",
+            daemon=True,
+        ).start()
+        try:
+            fd, generation = await asyncio.wrap_future(handshake)
+        except asyncio.CancelledError:
+            handshake.add_done_callback(_close_unused)
+            raise
+        conn = MuxConnection(
+            loop,
+            fd,
+            generation,
+            decode=client._rpc_decode,
+            lost_error=client._rpc_transport_error,
+        )
+        with self.lock:
+            # The proxy sets _rpc_closed before it closes us (under this lock): a
+            # connection registered here is either closed by it or sees the flag.
+            closed = client._rpc_closed
+            if not closed:
+                old = self.by_loop.get(loop)
+                self.by_loop[loop] = conn
+        if closed:
+            conn._lost(None)
+            raise ServiceStopped(service=client._rpc_service)
+        if old is not None and old is not conn:
+            old._lost(None)
+        return conn
 
 
 def _handshake(
-    proxy: RPCProxy, timeout_s: float | None, result: concurrent.futures.Future[tuple[int, int]]
+    client: MuxClient,
+    timeout_s: float | None,
+    result: concurrent.futures.Future[tuple[int, int]],
 ) -> None:
     if not result.set_running_or_notify_cancel():
         return  # the caller was cancelled before we began
     try:
-        result.set_result(proxy._rpc_open_mux(timeout_s))
+        result.set_result(client._rpc_open_mux(timeout_s))
     except BaseException as exc:
         result.set_exception(exc)
 
@@ -315,34 +393,3 @@ def _handshake(
 def _close_unused(result: concurrent.futures.Future[tuple[int, int]]) -> None:
     if not result.cancelled() and result.exception() is None:
         os.close(result.result()[0])
-
-
-async def _open(
-    proxy: RPCProxy, loop: asyncio.AbstractEventLoop, timeout_s: float | None
-) -> MuxConnection:
-    # The handshake blocks (and may wait for a restart): not on the loop's thread. Its own
-    # thread, not the loop's executor: if this task is cancelled (asyncio.run() ending
-    # mid-connect), the fd the handshake still returns must be closed, not leaked.
-    handshake: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
-    threading.Thread(
-        target=_handshake, args=(proxy, timeout_s, handshake), name="rpcgen-connect", daemon=True
-    ).start()
-    try:
-        fd, generation = await asyncio.wrap_future(handshake)
-    except asyncio.CancelledError:
-        handshake.add_done_callback(_close_unused)
-        raise
-    conn = MuxConnection(
-        loop, fd, generation, decode=proxy._rpc_decode, lost_error=proxy._rpc_transport_error
-    )
-    with proxy._rpc_lock:
-        closed = proxy._rpc_closed
-        if not closed:
-            old = proxy._rpc_mux.get(loop)
-            proxy._rpc_mux[loop] = conn
-    if closed:
-        conn._lost(None)
-        raise ServiceStopped(service=proxy._rpc_service)
-    if old is not None and old is not conn:
-        old._lost(None)
-    return conn

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_objects
 from multiprocessing.process import BaseProcess
 
+from .announce import ReadySignal, parse_process_title
 from .endpoint import Address, Endpoint
 from .errors import PortInUseError, StartupError, StartupTimeout
-from .serve import ReadySignal, parse_process_title
 
 __all__ = [
     "Listener",
@@ -27,6 +29,7 @@ __all__ = [
     "cleanup_stale",
     "cleanup_stale_server",
     "find_listeners",
+    "launch",
     "list_servers",
     "port_is_free",
     "stop_process",
@@ -40,6 +43,26 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 _POLL_S = 0.005
+
+# One server process started at a time in this process (registries start services from
+# several threads). Where filelock >= 4.3 is loaded (`import ray` loads it), its audit hook
+# makes a fork raise RuntimeError on Python 3.12+ while another thread is forking.
+_START_LOCK = threading.Lock()
+
+
+def launch(
+    target: Callable[..., object], args: tuple[object, ...], *, start_method: str | None, name: str
+) -> BaseProcess:
+    """Start ``target(*args)`` as a daemon process with ``start_method`` (None: the default).
+
+    ``target`` should be a module-level function so that spawn and forkserver can
+    pickle it.
+    """
+    ctx = multiprocessing.get_context(start_method)
+    process: BaseProcess = ctx.Process(target=target, args=args, daemon=True, name=name)  # type: ignore[attr-defined]
+    with _START_LOCK:
+        process.start()
+    return process
 
 
 def port_is_free(host: str, port: int) -> bool:

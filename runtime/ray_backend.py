@@ -1,478 +1,59 @@
 """The Ray backend: the server object inside a named Ray actor.
 
-Imported only when a client has ``backend="ray"``; ray itself is imported on
-first use, and a missing ray is one line: ``pip install 'rpcgen[ray]'``.
+Imported only when a client has ``backend="ray"``. The parts, one job each:
+:mod:`.ray_cluster` (connecting, listing), :mod:`.ray_actor` (what runs in the
+actor), :mod:`.ray_proxy` (the client's calls), and here the owner's side
+(:class:`RayHost`) and the :class:`~rpcgen.runtime.backend.Backend` a client
+drives (:class:`RayBackend`)::
 
-One actor per service, named after it in a namespace (default ``"rpcgen"``)::
-
-    owner ── RayHost.start() ──> ServiceActor(client class) ── _create_direct_server()
+    owner ── RayHost.start() ──> ServiceActor(make_server) ── make_server()
       │                               ▲
       └── RayProxy.<method>_rpc() ────┘  (any client: owner, attached, unpickled)
 
 Restarts: Ray restarts a dead actor (``max_restarts``, default -1: always); a
 health check that finds a new worker pid says so. A *hung* actor (failing
 ``max_consecutive_failures`` health checks) its owner kills, and Ray restarts
-it; an actor Ray has given up on, its owner creates anew. Server exceptions
-travel as with the process backend (:mod:`rpcgen.runtime.remote`): the
-original type, the server's traceback chained as the cause.
+it; an actor Ray has given up on, its owner creates anew.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import socket
-import sys
-import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from .backend import RayOptions
+from .backend import ServerRef
 from .errors import (
-    BackendNotInstalled,
-    CallTimeout,
-    RemoteCallError,
     ServiceAlreadyRunning,
-    ServiceStopped,
+    ServiceError,
+    ServiceNotFound,
     ServiceUnavailable,
     StartupError,
     StartupTimeout,
 )
-from .health import backoff_delay
-from .remote import RaisedInfo, pack_exception, unpack_exception
-from .transport import CallsByName
-
-__all__ = [
-    "RayHost",
-    "RayProxy",
-    "ServiceActor",
-    "connect",
-    "import_ray",
-    "list_services",
-]
-
-_connect_lock = threading.Lock()
-_hosts: weakref.WeakSet[RayHost] = weakref.WeakSet()
-_exit_hook_registered = False
-
-
-def import_ray(service: str) -> Any:
-    """The ray module, or :class:`BackendNotInstalled` (one line) if it is missing."""
-    try:
-        return importlib.import_module("ray")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ray":
-            raise
-        raise BackendNotInstalled(service=service, backend="ray", extra="ray") from None
-
-
-def connect(service: str, address: str | None) -> Any:
-    """Ray, connected: to ``address``, else ``$RAY_ADDRESS``, else a local Ray started here.
-
-    A program that already called ``ray.init()`` keeps its connection. A local Ray
-    runs without its dashboard and stops when this program ends (Ray's own exit hook).
-    """
-    global _exit_hook_registered
-    ray = import_ray(service)
-    with _connect_lock:
-        if not ray.is_initialized():
-            target = address or os.environ.get("RAY_ADDRESS") or None
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            quiet: dict[str, Any] = {"logging_level": logging.WARNING}
-            if target and target != "auto" and not _reachable(target, 5.0):
-                # ray.init() would retry for a long while before it says so
-                raise ServiceUnavailable(
-                    service=service,
-                    host="ray",
-                    port=target,
-                    reason="no Ray cluster answers at that address (ray_address or "
-                    "$RAY_ADDRESS; start one with `ray start --head`)",
-                )
-            try:
-                if target:
-                    ray.init(address=target, **quiet)
-                else:
-                    ray.init(include_dashboard=False, **quiet)
-            except Exception as exc:  # e.g. InvalidAuthToken: RAY_AUTH_MODE/_TOKEN_PATH
-                raise ServiceUnavailable(
-                    service=service,
-                    host="ray",
-                    port=target or "local",
-                    reason=f"ray.init() failed: {type(exc).__name__}: {_first_line(exc)}",
-                ) from exc
-        if not _exit_hook_registered:
-            # Registered after ray.init(), so it runs before Ray's own exit hook
-            # disconnects: detached actors would outlive us otherwise.
-            atexit.register(_stop_hosts_at_exit)
-            _exit_hook_registered = True
-    return ray
-
-
-def _stop_hosts_at_exit() -> None:
-    for host in list(_hosts):
-        if host.owner_pid == os.getpid():
-            with contextlib.suppress(Exception):  # at exit, nothing is left to tell
-                host.stop()
-
-
-def worker_runtime_env() -> dict[str, Any]:
-    """Ray workers do not get the driver's ``sys.path``: pass it, so that the user's
-    server module imports there as it does here."""
-    paths = dict.fromkeys(os.path.abspath(p or os.curdir) for p in sys.path)
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if os.path.isdir(p))}}
-
-
-# -- inside the actor ------------------------------------------------------------------
-
-
-class Raised:
-    """A server method's exception, as the process backend sends it."""
-
-    __slots__ = ("info",)
-
-    def __init__(self, info: RaisedInfo) -> None:
-        self.info = info
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Raised, (self.info,))
-
-
-class Refused:
-    """A call the actor does not run (a private or missing method): why, as text."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Refused, (self.text,))
-
-
-class ServiceActor:
-    """The actor's class: builds the server with the client class's
-    ``_create_direct_server()`` and runs its public methods."""
-
-    def __init__(
-        self, client_cls: type[Any], service: str, port: int, owner: dict[str, Any]
-    ) -> None:
-        from .service import RPCServiceBase
-
-        maker: Any = object.__new__(client_cls)
-        RPCServiceBase.__init__(maker, service, port, running_unit_tests=True)
-        self._server = maker._create_direct_server()
-        self._owner = owner
-        self._started = time.time()
-
-    def rpcgen_call(self, request: tuple[str, tuple[Any, ...], dict[str, Any]]) -> Any:
-        """Any public server method, by name (for methods the actor class does not name).
-
-        One argument: Ray serializes each argument on its own (three cost ~0.3 ms more).
-        """
-        method, args, kwargs = request
-        return self._rpcgen_run(method, args, kwargs)
-
-    def _rpcgen_run(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        function = None if method.startswith("_") else getattr(self._server, method, None)
-        if not callable(function):
-            return Refused(
-                f"method {method!r} of {type(self._server).__name__!r} is not exposed "
-                "(only public methods are)"
-            )
-        try:
-            return function(*args, **kwargs)
-        except Exception as exc:
-            return Raised(pack_exception(exc))
-
-    def rpcgen_health(self) -> tuple[int, Any]:
-        """(worker pid, what ``health_check_rpc`` returned); the start's readiness test."""
-        check = getattr(self._server, "health_check_rpc", None)
-        if not callable(check):
-            return os.getpid(), {"status": "ok"}
-        try:
-            return os.getpid(), check()
-        except Exception as exc:
-            return os.getpid(), Raised(pack_exception(exc))
-
-    def rpcgen_info(self) -> dict[str, Any]:
-        ray: Any = importlib.import_module("ray")
-        context = ray.get_runtime_context()
-        return {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "node_ip": ray.util.get_node_ip_address(),
-            "node_id": context.get_node_id(),
-            "owner": dict(self._owner),
-            "started": self._started,
-            "server_class": type(self._server).__qualname__,
-        }
-
-
-_actor_classes: dict[tuple[str, tuple[str, ...]], Any] = {}
-
-
-def _forwarder(name: str) -> Callable[..., Any]:
-    def method(self: ServiceActor, *args: Any, **kwargs: Any) -> Any:
-        return self._rpcgen_run(name, args, kwargs)
-
-    method.__name__ = method.__qualname__ = name
-    return method
-
-
-def _actor_class(ray: Any, service: str, methods: tuple[str, ...]) -> Any:
-    """The actor class: :class:`ServiceActor`, plus one actor method per server method
-    the client names (``rpc_server_methods``), so that a call passes the server
-    method's own arguments and nothing else, as a raw Ray actor call does."""
-    key = (service, methods)
-    cls = _actor_classes.get(key)
-    if cls is None:
-        own = {name: _forwarder(name) for name in methods if _is_forwardable(name)}
-        body = type(f"ServiceActor_{service}", (ServiceActor,), own)
-        cls = _actor_classes[key] = ray.remote(body)
-    return cls
-
-
-def _is_forwardable(name: str) -> bool:
-    return name.isidentifier() and not name.startswith("_") and not name.startswith("rpcgen_")
-
-
-# -- the client side -------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-class RayProxy(CallsByName):
-    """``_server_proxy`` for a Ray-backed service: ``proxy.method_rpc(*args)`` calls the
-    actor and blocks; :meth:`_rpc_acall` awaits it. Finds the actor by name on first
-    use, so an unpickled copy in another process (or Ray worker) works too."""
-
-    def __init__(
-        self,
-        *,
-        service: str,
-        namespace: str,
-        address: str | None,
-        handle: Any = None,
-        methods: tuple[str, ...] = (),
-    ) -> None:
-        #: server methods the actor class has as its own actor methods
-        self._rpc_methods = frozenset(name for name in methods if _is_forwardable(name))
-        self._rpc_service = service
-        self._rpc_namespace = namespace
-        self._rpc_cluster = address
-        self._rpc_handle = handle
-        self._rpc_ray: Any = None
-        self._rpc_closed = False
-
-    @property
-    def _rpc_where(self) -> str:
-        return f"{self._rpc_namespace}/{self._rpc_service}"
-
-    def __repr__(self) -> str:
-        return f"<RayProxy service={self._rpc_service!r} actor=ray:{self._rpc_where}>"
-
-    def _rpc_unavailable(self, reason: str) -> ServiceUnavailable:
-        return ServiceUnavailable(
-            service=self._rpc_service, host="ray", port=self._rpc_where, reason=reason
-        )
-
-    def _rpc_actor(self) -> tuple[Any, Any]:
-        """(ray, the actor's handle)."""
-        if self._rpc_closed:
-            raise ServiceStopped(service=self._rpc_service)
-        handle, ray = self._rpc_handle, self._rpc_ray
-        if handle is not None and ray is not None:
-            return ray, handle  # the fast path: a call's only overhead over Ray's own
-        ray = self._rpc_ray = connect(self._rpc_service, self._rpc_cluster)
-        if handle is None:
-            try:
-                handle = ray.get_actor(self._rpc_service, namespace=self._rpc_namespace)
-            except ValueError:
-                raise self._rpc_unavailable(
-                    f"no Ray actor {self._rpc_where} runs (is its owner running?)"
-                ) from None
-            self._rpc_handle = handle
-        return ray, handle
-
-    def _rpc_error(
-        self, ray: Any, exc: BaseException, method: str, timeout_s: float | None
-    ) -> BaseException:
-        """The error a caller sees for what Ray raised."""
-        errors = ray.exceptions
-        if isinstance(exc, (errors.GetTimeoutError, asyncio.TimeoutError)):
-            return CallTimeout(
-                service=self._rpc_service,
-                host="ray",
-                port=self._rpc_where,
-                method=method,
-                timeout_s=timeout_s or 0.0,
-            )
-        if isinstance(exc, errors.RayActorError):
-            if isinstance(exc, errors.ActorDiedError):
-                self._rpc_handle = None  # its owner may make a new one of the same name
-            if self._rpc_closed:
-                return ServiceStopped(service=self._rpc_service)
-            return self._rpc_unavailable(_first_line(exc))
-        if isinstance(exc, errors.RayTaskError):
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, BaseException):
-                return cause
-            return RemoteCallError(
-                service=self._rpc_service, method=method, remote_traceback=str(exc)
-            )
-        return exc
-
-    def _rpc_result(self, method: str, value: Any) -> Any:
-        kind = type(value)
-        if kind is Raised:
-            raise unpack_exception(value.info, service=self._rpc_service, method=method)
-        if kind is Refused:
-            raise RemoteCallError(
-                service=self._rpc_service, method=method, remote_traceback=value.text
-            )
-        return value
-
-    def _rpc_call(
-        self,
-        method: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Any:
-        ray, handle = self._rpc_actor()
-        try:
-            value = ray.get(self._rpc_submit(handle, method, args, kwargs), timeout=timeout_s)
-        except Exception as exc:
-            raise self._rpc_error(ray, exc, method, timeout_s) from None
-        return self._rpc_result(method, value)
-
-    def _rpc_submit(
-        self, handle: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None
-    ) -> Any:
-        if method in self._rpc_methods:
-            try:
-                bound = getattr(handle, method)
-            except AttributeError:  # an actor made by an older client class
-                pass
-            else:
-                return bound.remote(*args, **(kwargs or {}))
-        return handle.rpcgen_call.remote((method, args, kwargs or {}))
-
-    def _rpc_acall(
-        self,
-        method: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Awaitable[Any]:
-        return self._rpc_await(method, args, kwargs or {}, timeout_s)
-
-    async def _rpc_await(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float | None
-    ) -> Any:
-        ray, handle = self._rpc_actor()
-        try:
-            ref = self._rpc_submit(handle, method, args, kwargs)
-            if timeout_s is None:
-                value = await ref
-            else:
-                value = await asyncio.wait_for(ref, timeout_s)
-        except Exception as exc:
-            raise self._rpc_error(ray, exc, method, timeout_s) from None
-        return self._rpc_result(method, value)
-
-    def _rpc_health(
-        self,
-        timeout_s: float,
-        restart_wait_s: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> tuple[int, Any]:
-        """(worker pid, ``health_check_rpc()``'s result); raises as a call does.
-
-        While Ray is restarting the actor, asks again for up to ``restart_wait_s``:
-        the restarted actor is the one to judge (a restart of our own on top of
-        Ray's would only kill the new worker).
-        """
-        deadline = clock() + restart_wait_s
-        attempt = 0
-        while True:
-            ray, handle = self._rpc_actor()
-            try:
-                pid, value = ray.get(handle.rpcgen_health.remote(), timeout=timeout_s)
-            except ray.exceptions.ActorUnavailableError as exc:
-                remaining = deadline - clock()
-                if remaining <= 0:
-                    raise self._rpc_error(ray, exc, "health_check_rpc", timeout_s) from None
-                attempt += 1
-                sleep(
-                    min(remaining, backoff_delay(attempt, initial=0.02, multiplier=2, maximum=0.2))
-                )
-                continue
-            except Exception as exc:
-                raise self._rpc_error(ray, exc, "health_check_rpc", timeout_s) from None
-            return int(pid), self._rpc_result("health_check_rpc", value)
-
-    def _rpc_worker_pid(self, timeout_s: float) -> int:
-        """The actor's worker pid (it answers, whatever its health)."""
-        ray, handle = self._rpc_actor()
-        try:
-            pid, _ = ray.get(handle.rpcgen_health.remote(), timeout=timeout_s)
-        except Exception as exc:
-            raise self._rpc_error(ray, exc, "health_check_rpc", timeout_s) from None
-        return int(pid)
-
-    def _rpc_cluster_address(self) -> str | None:
-        """The cluster's GCS address, so that a copy unpickled elsewhere joins the same Ray."""
-        ray = connect(self._rpc_service, self._rpc_cluster)
-        try:
-            return str(ray.get_runtime_context().gcs_address)
-        except Exception:
-            return self._rpc_cluster
-
-    def _rpc_close(self) -> None:
-        self._rpc_closed = True
-        self._rpc_handle = None
-
-
-# -- the owner side --------------------------------------------------------------------
-
-
-def _state_api() -> Any:
-    # Ray's GCS tables without the dashboard (its public state API needs the dashboard).
-    return importlib.import_module("ray._private.state")
-
-
-def _job(job_id: str) -> dict[str, Any] | None:
-    try:
-        for job in _state_api().jobs():
-            if job.get("JobID") == job_id:
-                return dict(job)
-    except Exception:
-        return None
-    return None
-
-
-def _actor_row(handle: Any) -> dict[str, Any] | None:
-    try:
-        row = _state_api().actors(handle._actor_id.hex())
-    except Exception:
-        return None
-    return dict(row) if row else None
-
-
-def _actor_dead(handle: Any) -> bool:
-    return bool((_actor_row(handle) or {}).get("State", "DEAD") == "DEAD")
+from .poll import retry, wait_until
+from .ray_actor import Raised, actor_class
+from .ray_cluster import (
+    actor_dead,
+    actor_row,
+    connect,
+    find_job,
+    import_ray,
+    stop_at_exit,
+    worker_runtime_env,
+)
+from .ray_proxy import RayProxy
+from .settings import RayOptions
+from .supervise import Probe, judge_health
+
+__all__ = ["RayBackend", "RayHost"]
+
+
+class _NotReady(Exception):
+    """The actor has not answered as started yet."""
 
 
 class RayHost:
@@ -481,16 +62,19 @@ class RayHost:
     def __init__(
         self,
         *,
-        client: Any,
+        service: str,
+        port: int,
+        make_server: Callable[[], Any],
+        methods: tuple[str, ...],
         options: RayOptions,
         address: str | None,
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.service: str = client.service_name
-        self.port: int = client.port
-        self.client_cls: type[Any] = type(client)
+        self.service = service
+        self.port = port
+        self.make_server = make_server
         self.options = options
         self.address = address
         self.log = log
@@ -500,14 +84,14 @@ class RayHost:
         #: the actor this host created: the only one it ever kills (another program's
         #: actor of the same name is not ours, even after a failed start of ours)
         self.actor: Any = None
-        self.methods: tuple[str, ...] = tuple(getattr(client, "rpc_server_methods", ()))
+        self.methods = methods
         self.proxy = RayProxy(
             service=self.service,
             namespace=options.namespace,
             address=address,
             methods=self.methods,
         )
-        _hosts.add(self)
+        stop_at_exit(self)
 
     @property
     def where(self) -> str:
@@ -520,17 +104,7 @@ class RayHost:
             return None
 
     def _wait_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
-        """Poll ``condition`` with backoff until it holds (True) or ``timeout_s`` passes."""
-        deadline = self.clock() + timeout_s
-        attempt = 0
-        while not condition():
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return False
-            attempt += 1
-            pause = backoff_delay(attempt, initial=0.01, multiplier=2, maximum=0.2)
-            self.sleep(min(remaining, pause))
-        return True
+        return wait_until(condition, timeout_s=timeout_s, clock=self.clock, sleep=self.sleep)
 
     def _clear_stale(self, ray: Any, timeout_s: float) -> None:
         """Make way for our actor, or raise :class:`ServiceAlreadyRunning`.
@@ -543,9 +117,9 @@ class RayHost:
         handle = self._lookup(ray)
         if handle is None:
             return
-        row = _actor_row(handle) or {}
+        row = actor_row(handle) or {}
         job_id = str(row.get("JobID", ""))
-        job = _job(job_id) if job_id else None
+        job = find_job(job_id) if job_id else None
         owner_gone = job is not None and bool(job.get("IsDead"))
         owner = (
             f"pid {job.get('DriverPid')} on {job.get('DriverIPAddress')} (Ray job {job_id})"
@@ -574,9 +148,9 @@ class RayHost:
         options.update(name=self.service, runtime_env=worker_runtime_env())
         try:
             handle = (
-                _actor_class(ray, self.service, self.methods)
+                actor_class(ray, self.service, self.methods)
                 .options(**options)
-                .remote(self.client_cls, self.service, self.port, owner)
+                .remote(self.make_server, owner)
             )
         except ValueError as exc:  # the name was taken meanwhile
             raise ServiceAlreadyRunning(
@@ -594,45 +168,49 @@ class RayHost:
         """The actor's pid once it answers a health check (from a worker other than
         ``not_pid``); StartupError if it died, StartupTimeout after ``timeout_s``."""
         ray = connect(self.service, self.address)
-        deadline = self.clock() + timeout_s
-        while True:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise StartupTimeout(
-                    service=self.service,
-                    port=self.port,
-                    timeout_s=timeout_s,
-                    where=f"{self.where} of service {self.service!r}",
-                    detail=self._pending_hint(handle),
-                )
+        where = f"{self.where} of service {self.service!r}"
+
+        def answered(remaining: float) -> int:
             try:
                 pid, value = ray.get(handle.rpcgen_health.remote(), timeout=remaining)
-            except ray.exceptions.GetTimeoutError:
-                continue
-            except ray.exceptions.ActorUnavailableError:
-                self.sleep(min(max(remaining, 0.0), 0.05))  # restarting: ask again
-                continue
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+                raise _NotReady from None  # still starting, or restarting: ask again
             except ray.exceptions.RayActorError as exc:
                 raise StartupError(
-                    service=self.service,
-                    port=self.port,
-                    detail=_startup_detail(exc),
-                    where=f"{self.where} of service {self.service!r}",
+                    service=self.service, port=self.port, detail=_startup_detail(exc), where=where
                 ) from None
             if type(value) is Raised:
                 raise StartupError(
                     service=self.service,
                     port=self.port,
                     detail=f"health_check_rpc raised {value.info[2]}: {value.info[3]}",
-                    where=f"{self.where} of service {self.service!r}",
+                    where=where,
                 )
             if not_pid is not None and pid == not_pid:
-                self.sleep(min(max(remaining, 0.0), 0.05))
-                continue
+                raise _NotReady  # the old worker still answers
             return int(pid)
 
+        try:
+            return retry(
+                answered,
+                retry_on=_NotReady,
+                timeout_s=timeout_s,
+                clock=self.clock,
+                sleep=self.sleep,
+                initial=0.05,
+                maximum=0.05,
+            )
+        except _NotReady:
+            raise StartupTimeout(
+                service=self.service,
+                port=self.port,
+                timeout_s=timeout_s,
+                where=where,
+                detail=self._pending_hint(handle),
+            ) from None
+
     def _pending_hint(self, handle: Any) -> str:
-        row = _actor_row(handle) or {}
+        row = actor_row(handle) or {}
         state = row.get("State", "unknown")
         if state in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"):
             wanted = {
@@ -655,13 +233,13 @@ class RayHost:
         if not ray.is_initialized():
             return  # Ray is gone, and our actor with it
         ray.kill(handle, no_restart=True)
-        if not self._wait_until(lambda: _actor_dead(handle), timeout_s):
+        if not self._wait_until(lambda: actor_dead(handle), timeout_s):
             self.log.warning("%s: %s not dead yet after kill", self.service, self.where)
 
     def restart(self, timeout_s: float, old_pid: int | None) -> int:
         """Kill our actor so that Ray restarts it; if Ray has given up on it, make a new one."""
         handle = self.actor
-        row = _actor_row(handle) if handle is not None else None
+        row = actor_row(handle) if handle is not None else None
         if handle is not None and row is not None and row.get("State") != "DEAD":
             connect(self.service, self.address).kill(handle, no_restart=False)
             try:
@@ -681,77 +259,171 @@ def _startup_detail(exc: BaseException) -> str:
     return f"the actor died before it was ready: {tail}"
 
 
-def list_services(namespace: str | None = None, timeout_s: float = 2.0) -> list[dict[str, Any]]:
-    """The rpcgen actors of the connected Ray cluster (all namespaces unless one is given)."""
-    import ray  # the caller connected
+class RayBackend:
+    """The :class:`~rpcgen.runtime.backend.Backend` of a Ray-backed service."""
 
-    found = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        name, space = entry["name"], entry["namespace"]
-        if namespace is not None and space != namespace:
-            continue
-        try:
-            handle = ray.get_actor(name, namespace=space)
-        except ValueError:  # gone meanwhile
-            continue
-        row = _actor_row(handle) or {}
-        if not str(row.get("ActorClassName", "")).startswith(ServiceActor.__name__):
-            continue  # not an rpcgen service
-        try:
-            info = ray.get(handle.rpcgen_info.remote(), timeout=timeout_s)
-        except Exception as exc:
-            info = {"error": _first_line(exc), "pid": row.get("Pid")}
-        found.append(
-            {"service": name, "namespace": space, "detached": bool(row.get("IsDetached")), **info}
+    def __init__(
+        self,
+        *,
+        service: str,
+        port: int,
+        make_server: Callable[[], Any],
+        methods: tuple[str, ...],
+        options: RayOptions,
+        address: str | None,
+        start_timeout_s: float,
+        shutdown_timeout_s: float,
+        check_timeout_s: float,
+        notify: Callable[[str, str], None],
+        log: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.service = service
+        self.port = port
+        self.make_server = make_server
+        self.methods = methods
+        self.options = options
+        self.address = address
+        self.start_timeout_s = start_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.check_timeout_s = check_timeout_s
+        self.notify = notify
+        self.log = log
+        self.clock = clock
+        self.sleep = sleep
+        self.host: RayHost | None = None
+        self.proxy: RayProxy | None = None
+        self.calls: RayProxy | None = None
+        self.server: ServerRef = (0, 0)
+        #: the cluster's address, so that a copy unpickled elsewhere joins the same Ray
+        self.cluster: str | None = address
+
+    @property
+    def label(self) -> str:
+        return f"ray:{self.options.namespace}/{self.service}"
+
+    def _new_proxy(self, address: str | None) -> RayProxy:
+        return RayProxy(
+            service=self.service,
+            namespace=self.options.namespace,
+            address=address,
+            methods=self.methods,
         )
-    return found
 
+    def _use(self, proxy: RayProxy) -> None:
+        self.proxy = self.calls = proxy
 
-def _reachable(address: str, timeout_s: float) -> bool:
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return True  # not host:port (e.g. ray://): let Ray judge
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return True
-    except OSError:
+    def start(self) -> int:
+        host = self.host
+        if host is None:
+            host = self.host = RayHost(
+                service=self.service,
+                port=self.port,
+                make_server=self.make_server,
+                methods=self.methods,
+                options=self.options,
+                address=self.address,
+                log=self.log,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+        pid = host.start(self.start_timeout_s, self.shutdown_timeout_s)
+        self._started(host, pid)
+        return pid
+
+    def _started(self, host: RayHost, pid: int) -> None:
+        self._use(host.proxy)
+        self.cluster = host.proxy._rpc_cluster_address()
+        self.server = (pid, self.server[1] + 1)
+        self.log.info("%s actor started (worker pid %s) as %s", self.service, pid, self.label)
+
+    def stop(self) -> None:
+        if self.host is not None:
+            self.host.stop(self.shutdown_timeout_s)
+
+    def restart_once(self) -> int:
+        """Kill the actor so that Ray restarts it (or make it anew if Ray gave up)."""
+        if self.host is None:
+            return self.start()
+        pid = self.host.restart(self.start_timeout_s, self.server[0] or None)
+        self._started(self.host, pid)
+        return pid
+
+    def probe(self) -> Probe:
+        """One health check; notes a restart that Ray made (a new worker pid)."""
+        proxy = self.proxy
+        judged = self.server
+        if proxy is None:
+            return judge_health(_not_started(self.service), server=judged)
+
+        def check() -> Any:
+            nonlocal judged
+            pid, result = proxy._rpc_health(
+                self.check_timeout_s, self.start_timeout_s, self.clock, self.sleep
+            )
+            old = self.server[0]
+            if pid != old:
+                self.server = judged = (pid, self.server[1] + 1)
+                if old:
+                    self.notify(
+                        f"{self.service}: Ray restarted its actor after it died "
+                        f"(worker pid {old} -> {pid})",
+                        "warning",
+                    )
+            return result
+
+        probe = judge_health(check)
+        return Probe(probe.kind, probe.detail, probe.fatal, server=judged)
+
+    def watch(self, on_exit: Callable[[str, ServerRef], None]) -> None:
+        pass  # Ray restarts a dead actor itself
+
+    def unwatch(self, timeout_s: float) -> None:
+        pass
+
+    def handoff(self) -> tuple[str | None, ServerRef]:
+        return self.cluster, self.server
+
+    def follow(self, handoff: tuple[str | None, ServerRef]) -> None:
+        self.cluster, self.server = handoff
+        self._use(self._new_proxy(self.cluster))
+
+    def attach(self, located: Any, timeout_s: float) -> None:
+        """Follow the running actor, waiting up to ``timeout_s`` for it to answer."""
+        proxy = self._new_proxy(self.address)
+        try:
+            pid = retry(
+                lambda remaining: proxy._rpc_worker_pid(max(remaining, 0.1)),
+                retry_on=ServiceUnavailable,
+                timeout_s=timeout_s,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+        except ServiceUnavailable:
+            raise ServiceNotFound(service=self.service, port=None, timeout_s=timeout_s) from None
+        self.follow((proxy._rpc_cluster_address(), (pid, 1)))
+
+    def on_unhealthy(self, reason: str) -> bool:
+        self.log.warning("%s is unhealthy (its owner restarts it): %s", self.service, reason)
         return False
 
+    def rotate_key(self) -> None:
+        raise ServiceError(
+            f"{self.service!r} runs on Ray (backend='ray'), which has no rpcgen key; "
+            "Ray's own token authenticates its cluster"
+        )
 
-def cluster_address(explicit: str | None = None) -> str | None:
-    """The Ray cluster to look at: ``explicit``, ``$RAY_ADDRESS``, or the one ``ray start``
-    recorded on this machine (``/tmp/ray/ray_current_cluster``); None if there is none."""
-    if explicit:
-        return explicit
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    try:
-        with open(
-            os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
-        ) as f:
-            recorded = f.read().strip()
-    except OSError:
-        return None
-    return recorded or None
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy._rpc_close()
+
+    def after_fork(self) -> None:
+        pass  # a RayProxy holds no connection of its own
 
 
-def list_cluster_services(
-    address: str | None, timeout_s: float = 2.0
-) -> tuple[str | None, list[dict[str, Any]]]:
-    """(the cluster's address, its rpcgen services), for ``rpcgen ps``.
+def _not_started(service: str) -> Callable[[], Any]:
+    def check() -> Any:
+        raise ServiceUnavailable(service=service, host="ray", port="-", reason="not started")
 
-    ``(None, [])`` when ray is not installed or no cluster is known; raises
-    :class:`ServiceUnavailable` when the known cluster does not answer.
-    """
-    target = cluster_address(address)
-    if target is None or importlib.util.find_spec("ray") is None:
-        return None, []  # no cluster known, or no ray: nothing to import ray for
-    ray = importlib.import_module("ray")
-    if not ray.is_initialized():
-        if not _reachable(target, timeout_s):
-            raise ServiceUnavailable(
-                service="*", host="ray", port=target, reason="the Ray cluster does not answer"
-            )
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=target, logging_level=logging.ERROR, log_to_driver=False)
-    return target, list_services(timeout_s=timeout_s)
+    return check

@@ -26,19 +26,10 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, TypeVar, cast
 
-from .errors import ServiceError
+from .errors import ServiceStartError
 from .service import RPCServiceBase
 
-__all__ = ["ServiceGraph", "ServiceNode", "ServiceStartError", "StartedServices"]
-
-
-class ServiceStartError(RuntimeError, ServiceError):
-    """A service of a registry failed to start; those already started were shut down."""
-
-    def __init__(self, *, service: str, cause: BaseException, stopped: Sequence[str]) -> None:
-        self.service, self.cause, self.stopped = service, cause, list(stopped)
-        undone = f"; shut down again: {', '.join(self.stopped)}" if self.stopped else ""
-        super().__init__(f"service {service!r} failed to start: {cause}{undone}")
+__all__ = ["ServiceGraph", "ServiceNode", "StartedServices"]
 
 
 @dataclass(frozen=True)

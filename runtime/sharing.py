@@ -10,7 +10,6 @@ server in the service directory, then reconnects with the same key.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -19,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .announce import parse_process_title
 from .directory import DirectoryEntry, lookup, read_key, wait_for_entry
 from .errors import ServiceNotFound
-from .serve import parse_process_title
+from .poll import wait_until
+from .settings import is_loopback
 
-__all__ = ["Located", "is_loopback", "locate", "stop_hung_server", "wait_until_published"]
+__all__ = ["Located", "locate", "stop_hung_server", "wait_until_published"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,6 @@ def locate(
     address = entry.address if isinstance(entry.address, str) else (entry.host, entry.port)
     key = read_key(authkey_file or entry.key_file)
     return Located(entry.service, entry.port, address, key, entry)
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def wait_until_published(
@@ -133,9 +125,14 @@ def stop_hung_server(
         process.send_signal(signal.SIGCONT)  # a SIGSTOPped process acts on SIGTERM only then
     except psutil.Error:
         return False
-    deadline = clock() + timeout_s
-    while entry.is_live() and clock() < deadline:
-        sleep(0.01)
+    wait_until(
+        lambda: not entry.is_live(),
+        timeout_s=timeout_s,
+        clock=clock,
+        sleep=sleep,
+        initial=0.01,
+        maximum=0.01,
+    )
     if entry.is_live():
         with contextlib.suppress(psutil.Error):
             if entry.is_live():  # still the same process: checked by create time

@@ -28,12 +28,21 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_objects
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
 
-from .errors import ServiceError
+from .errors import CallTimeout, ServiceError, ServiceStopped, ServiceUnavailable
 from .health import Action, FailureKind, FlapGuard, HealthPolicy, HealthTracker, RestartPolicy
 
-__all__ = ["Probe", "ProcessWatcher", "RestartOutcome", "Supervisor", "watch_process"]
+__all__ = [
+    "HealthMonitor",
+    "Probe",
+    "ProcessWatcher",
+    "RestartOutcome",
+    "Supervisor",
+    "judge_health",
+    "watch_process",
+]
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,40 @@ class Probe:
     detail: str = ""
     #: the server process is gone: act now, without waiting for more failures
     fatal: bool = False
+    #: (pid, generation) of the server this check judged: a restart acts on that one only
+    server: tuple[int, int] | None = None
 
 
 HEALTHY = Probe(None)
+
+
+def judge_health(
+    check: Callable[[], Any],
+    *,
+    server: tuple[int, int] | None = None,
+    gone: Callable[[], str | None] | None = None,
+) -> Probe:
+    """Run ``check`` (a ``health_check_rpc`` call) and judge what it returned or raised.
+
+    ``gone``: asked when the connection failed; a reason there means the server
+    itself is gone (fatal: act at once).
+    """
+    try:
+        result = check()
+    except CallTimeout as exc:
+        return Probe(FailureKind.TRANSPORT, exc.reason, server=server)
+    except (ServiceUnavailable, ServiceStopped) as exc:
+        reason = gone() if gone is not None else None
+        if reason is not None:
+            return Probe(FailureKind.TRANSPORT, reason, True, server=server)
+        text = exc.reason if isinstance(exc, ServiceUnavailable) else str(exc)
+        return Probe(FailureKind.TRANSPORT, text, server=server)
+    except Exception as exc:
+        return Probe(FailureKind.REMOTE, f"health_check_rpc raised {exc!r}", server=server)
+    status = result.get("status") if isinstance(result, dict) else None
+    if status != "ok":
+        return Probe(FailureKind.STATUS, f"health_check_rpc returned {result!r}", server=server)
+    return Probe(None, server=server)
 
 
 class RestartOutcome(enum.Enum):
@@ -158,21 +198,31 @@ class Supervisor:
         return RestartOutcome.GAVE_UP
 
 
+class Watched(Protocol):
+    """What :class:`ProcessWatcher` watches (the process backend)."""
+
+    def watch_target(self) -> tuple[BaseProcess, int] | None:
+        """The server process and its sentinel; None while there is none to watch."""
+        ...
+
+    def process_exited(self, process: BaseProcess) -> None: ...
+
+
 class ProcessWatcher:
     """Owner side: a daemon thread that reports the server process's death at once.
 
     It waits on the process sentinel and a pipe (to wake it on shutdown, and after
-    a restart put a new process in place). It holds the service only weakly, so an
-    abandoned client can be collected. A forked child's copy is inert.
+    a restart put a new process in place). It holds what it watches only weakly,
+    so an abandoned client can be collected. A forked child's copy is inert.
     """
 
-    def __init__(self, service: Any, name: str) -> None:
+    def __init__(self, watched: Watched, name: str) -> None:
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
         self._pid = os.getpid()
         self._thread = threading.Thread(
             target=watch_process,
-            args=(weakref.ref(service), self._wake_r, self._stop),
+            args=(weakref.ref(watched), self._wake_r, self._stop),
             name=f"rpcgen-watch-{name}",
             daemon=True,
         )
@@ -192,7 +242,7 @@ class ProcessWatcher:
         os.close(self._wake_r)
 
 
-def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Event) -> None:
+def watch_process(ref: weakref.ReferenceType[Watched], wake: int, stop: threading.Event) -> None:
     """Owner thread: wait on the server process's sentinel; report its death at once.
 
     Holds only a weak reference between waits, so an abandoned client can be
@@ -201,18 +251,18 @@ def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Ev
     """
     log = logging.getLogger("rpcgen")
     while not stop.is_set():
-        service = ref()
-        if service is None:
+        watched = ref()
+        if watched is None:
             return
         try:
-            target = service._rpc_watch_target()
+            target = watched.watch_target()
         except Exception:  # never let the watcher die: look again on the next wake-up
             log.exception("process watcher: reading the target failed")
             target = None
-        del service
-        watched = [wake] if target is None else [wake, target[1]]
+        del watched
+        waiting_on = [wake] if target is None else [wake, target[1]]
         try:
-            ready = wait_for_objects(watched)
+            ready = wait_for_objects(waiting_on)
         except (OSError, ValueError):  # the sentinel was closed by a restart meanwhile
             continue
         if stop.is_set():
@@ -223,11 +273,48 @@ def watch_process(ref: weakref.ReferenceType[Any], wake: int, stop: threading.Ev
             except OSError:
                 return
             continue
-        service = ref()
-        if service is None:
+        watched = ref()
+        if watched is None:
             return
         try:
-            service._rpc_on_process_exit(target[0])
+            watched.process_exited(target[0])
         except Exception:
-            log.exception("process watcher: restarting %s failed", service.service_name)
-        del service
+            log.exception("process watcher: acting on the exit of pid %s failed", target[0].pid)
+        del watched
+
+
+class HealthMonitor:
+    """A daemon thread that runs ``tick()`` (one health check) every ``interval_s``.
+
+    It holds ``tick``'s object only weakly between ticks, so an abandoned client
+    can be collected (and the thread then ends).
+    """
+
+    def __init__(self, tick: Callable[[], None], interval_s: float, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_monitor_loop,
+            args=(weakref.WeakMethod(tick), self._stop, max(interval_s, 0.01)),
+            name=f"rpcgen-health-{name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+
+def _monitor_loop(
+    tick: weakref.WeakMethod[Callable[[], None]], stop: threading.Event, interval_s: float
+) -> None:
+    while not stop.wait(interval_s):
+        bound = tick()
+        if bound is None:
+            return
+        bound()
+        del bound

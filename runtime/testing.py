@@ -90,7 +90,7 @@ def _isolated(client: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         return kwargs
     if "ray_options" in kwargs:
         return kwargs
-    from .backend import RayOptions
+    from .settings import RayOptions
 
     base = getattr(client, "rpc_ray_options", None) or RayOptions()
     space = f"{base.namespace}-test-{os.getpid()}-{next(_test_namespaces)}"

@@ -39,8 +39,8 @@ def echo() -> Any:
 
 
 def mux_connections(client: Echo) -> int:
-    proxy: Any = client._rpc_proxy
-    return len(proxy._rpc_mux)
+    proxy: Any = client._server_proxy
+    return 0 if proxy._rpc_loops is None else len(proxy._rpc_loops.by_loop)
 
 
 def test_a_thousand_concurrent_calls_share_one_connection(echo: Echo) -> None:
@@ -87,7 +87,7 @@ def test_exceptions_arrive_as_themselves_with_the_remote_traceback(echo: Echo) -
         assert "boom_rpc" in str(info.value.__cause__)
         again = pickle.loads(pickle.dumps(info.value))
         assert isinstance(again, ValueError)
-        proxy: Any = echo._rpc_proxy
+        proxy: Any = echo._server_proxy
         with pytest.raises(NeedsArgsError) as rebuilt:
             await proxy._rpc_acall("needs_args_error_rpc")
         assert rebuilt.value.code == 42
@@ -118,7 +118,7 @@ def test_a_cancelled_call_never_desyncs_the_connection(echo: Echo) -> None:
 
 
 def test_a_call_timeout_is_typed_and_keeps_the_connection(echo: Echo) -> None:
-    proxy: Any = echo._rpc_proxy
+    proxy: Any = echo._server_proxy
 
     async def main() -> None:
         with pytest.raises(CallTimeout):

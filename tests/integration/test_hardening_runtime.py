@@ -22,6 +22,7 @@ from rpcgen.runtime import (
     ServiceUnavailable,
     transport,
 )
+from rpcgen.runtime import proxy as proxy_module
 from rpcgen.runtime.errors import RemoteTraceback
 from tests.support.services import AnythingGoes, Echo, NeedsArgsError, Sized
 from tests.support.waiting import free_port, wait_until
@@ -149,7 +150,7 @@ def test_a_connect_that_races_a_restart_retries_with_the_new_key(
             assert echo.server_pid not in (None, old)
         return real_open(address, authkey, **kwargs)
 
-    monkeypatch.setattr(transport, "open_connection", descheduled_open)
+    monkeypatch.setattr(proxy_module, "open_connection", descheduled_open)
     results: list[Any] = []
     racer = threading.Thread(target=lambda: results.append(_call(echo)), name="racer")
     racer.start()
@@ -274,7 +275,7 @@ def test_ps_skips_a_process_with_a_malformed_title(
     title: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from rpcgen.generator.cli import main
-    from rpcgen.runtime import list_servers
+    from rpcgen.runtime.process import list_servers
     from tests.support.procs import python_process, read_line
 
     script = (

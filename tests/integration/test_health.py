@@ -151,8 +151,7 @@ def test_background_monitor_restarts_a_killed_server_and_stops_on_shutdown(port:
             assert svc.echo("again") == "again"
     finally:
         svc.shutdown()
-    monitor.join(5)
-    assert not monitor.is_alive()
+    wait_until(lambda: not monitor.is_alive(), timeout=5, what="the monitor to stop")
     svc.flush_notifications()
     assert notes.count("restarted") == 3
 

@@ -15,9 +15,9 @@ from rpcgen.runtime import (
     ServiceStopped,
     StartupError,
     StartupTimeout,
-    parse_process_title,
-    port_is_free,
 )
+from rpcgen.runtime.announce import parse_process_title
+from rpcgen.runtime.process import port_is_free
 from tests.support.services import Echo, SeedStyleEcho
 from tests.support.waiting import pid_alive
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from rpcgen.runtime import LoggingNotifier, NotificationDispatcher, SlackWebhookNotifier
+from rpcgen.runtime import LoggingNotifier, SlackWebhookNotifier
+from rpcgen.runtime.notify import NotificationDispatcher
 
 
 class Webhook:

@@ -30,3 +30,38 @@ def test_all_matches_the_public_names() -> None:
     modules = {p.stem for p in folder.glob("*.py")}
     assert set(rpcgen.runtime.__all__) == public - modules
     assert sorted(rpcgen.runtime.__all__) == list(rpcgen.runtime.__all__)
+
+
+def test_the_generator_exports_its_api_like_the_runtime() -> None:
+    import rpcgen.generator
+
+    public = {n for n in dir(rpcgen.generator) if not n.startswith(("_", "@"))}
+    folder = Path(rpcgen.generator.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")}
+    assert set(rpcgen.generator.__all__) == public - modules
+    assert sorted(rpcgen.generator.__all__) == list(rpcgen.generator.__all__)
+    assert {"generate", "new_service", "plan_generate", "RpcgenError"} <= public
+
+
+def test_runtime_internals_are_not_public() -> None:
+    internals = {
+        "cleanup_stale",
+        "cleanup_stale_server",
+        "find_listeners",
+        "list_servers",
+        "port_is_free",
+        "unix_socket_in_use",
+        "wait_port_free",
+        "ServerProcess",
+        "ServerTitle",
+        "parse_process_title",
+        "process_title",
+        "RPCProxy",
+        "PicklingProxy",
+        "NotificationDispatcher",
+    }
+    assert not internals & set(rpcgen.runtime.__all__)
+    # What generated code imports from the runtime stays public.
+    generated_uses = {"Address", "AsyncView", "ReadySignal", "RPCServiceBase", "serve_rpc"}
+    generated_uses |= {"RayOptions", "ServiceGraph", "ServiceNode", "StartedServices"}
+    assert generated_uses <= set(rpcgen.runtime.__all__)

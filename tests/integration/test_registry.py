@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpcgen.runtime import ServiceStartError, list_servers
+from rpcgen.runtime import ServiceStartError
+from rpcgen.runtime.process import list_servers
 from rpcgen.runtime.testing import free_ports
 from tests.support import registry_services as reg
 from tests.support.procs import python_process, read_line

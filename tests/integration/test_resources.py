@@ -9,7 +9,7 @@ import signal
 import psutil
 import pytest
 
-from rpcgen.runtime import port_is_free
+from rpcgen.runtime.process import port_is_free
 from tests.support.procs import python_process, read_line
 from tests.support.services import Echo
 from tests.support.waiting import open_fds, pid_alive, wait_until

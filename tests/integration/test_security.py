@@ -12,6 +12,7 @@ import pytest
 
 from rpcgen.runtime import ServiceAuthenticationError
 from rpcgen.runtime.transport import open_connection
+from tests.support.internals import rpc_proxy
 from tests.support.services import Echo
 from tests.support.waiting import free_port
 
@@ -111,7 +112,7 @@ def test_garbage_bytes_and_silent_peers_do_not_stop_the_server(port: int) -> Non
 def test_client_and_server_sockets_set_tcp_nodelay(port: int) -> None:
     with Echo(port) as svc:
         svc.echo(1)
-        proxy = svc._rpc_proxy
+        proxy = rpc_proxy(svc)
         assert proxy is not None
         conn = next(iter(proxy._rpc_conns))
         with socket.socket(fileno=__import__("os").dup(conn.fileno())) as view:

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from rpcgen.runtime import PortInUseError, ServiceNotFound, list_servers
+from rpcgen.runtime import PortInUseError, ServiceNotFound
 from rpcgen.runtime.directory import directory_folder, lookup
+from rpcgen.runtime.process import list_servers
+from tests.support.internals import process_backend
 from tests.support.procs import ROOT, python_process, read_line
 from tests.support.services import Echo
 from tests.support.sharing import (
@@ -58,7 +60,7 @@ def wait_restarted(svc: Echo, old: int) -> int:
 
 def test_the_key_is_kept_across_restarts_and_published_for_this_user(port: int) -> None:
     with supervised(port) as svc:
-        key = svc._rpc_key()
+        key = process_backend(svc).key()
         entry = lookup(port=port, service="Echo")
         assert entry is not None and entry.pid == svc.server_pid and entry.generation == 1
         assert Path(entry.key_file).read_bytes() == key
@@ -68,7 +70,7 @@ def test_the_key_is_kept_across_restarts_and_published_for_this_user(port: int) 
         old = svc.server_pid or 0
         os.kill(old, signal.SIGKILL)
         wait_restarted(svc, old)
-        assert svc._rpc_key() == key
+        assert process_backend(svc).key() == key
         entry = wait_until(lambda: lookup(port=port, service="Echo"), timeout=10)
         assert entry is not None and entry.generation == 2 and entry.pid == svc.server_pid
     assert lookup(port=port, service="Echo") is None
@@ -77,9 +79,9 @@ def test_the_key_is_kept_across_restarts_and_published_for_this_user(port: int) 
 
 def test_rotate_authkey_makes_a_new_key(port: int) -> None:
     with Echo(port) as svc:
-        key = svc._rpc_key()
+        key = process_backend(svc).key()
         assert svc.rotate_authkey()
-        assert svc._rpc_key() != key and svc.echo("rotated") == "rotated"
+        assert process_backend(svc).key() != key and svc.echo("rotated") == "rotated"
 
 
 # -- attach ----------------------------------------------------------------------------

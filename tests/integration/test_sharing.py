@@ -11,7 +11,9 @@ from typing import Any
 import psutil
 import pytest
 
-from rpcgen.runtime import NotPicklableError, parse_process_title
+from rpcgen.runtime import NotPicklableError
+from rpcgen.runtime.announce import parse_process_title
+from tests.support.internals import rpc_proxy
 from tests.support.services import Echo
 from tests.support.waiting import wait_until
 
@@ -20,7 +22,7 @@ def test_one_client_from_eight_threads_at_once(port: int) -> None:
     with Echo(port) as svc:
         barrier = threading.Barrier(8)
 
-        proxy = svc._rpc_proxy
+        proxy = rpc_proxy(svc)
         assert proxy is not None
         counts: list[int] = []
 
@@ -42,7 +44,7 @@ def test_one_client_from_eight_threads_at_once(port: int) -> None:
 def test_a_threads_connection_closes_when_the_thread_ends(port: int) -> None:
     with Echo(port) as svc:
         svc.echo(0)
-        proxy = svc._rpc_proxy
+        proxy = rpc_proxy(svc)
         assert proxy is not None
         t = threading.Thread(target=svc.echo, args=(1,))
         t.start()
@@ -91,7 +93,7 @@ def test_pickled_state_carries_the_authkey_only_in_the_pickle(port: int) -> None
         try:
             assert clone.echo(5) == 5
             assert clone.server_pid == svc.server_pid
-            assert "secret" in repr(vars(clone)["_rpc_authkey"])
+            assert "secret" in repr(clone._rpc_backend.handoff())
         finally:
             clone.shutdown()
         assert svc.echo(6) == 6  # the clone never owned the server

@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from rpcgen.runtime import PortInUseError, cleanup_stale_server
+from rpcgen.runtime import PortInUseError
+from rpcgen.runtime.process import cleanup_stale_server
 from tests.support.procs import python_process, read_line
 from tests.support.services import Echo
 from tests.support.waiting import pid_alive, stop_process_now

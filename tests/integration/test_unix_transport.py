@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from rpcgen.runtime import PortInUseError, ServiceState, unix_socket_in_use
+from rpcgen.runtime import PortInUseError, ServiceState
+from rpcgen.runtime.process import unix_socket_in_use
 from tests.support.services import Echo
 from tests.support.waiting import pid_alive, wait_until, wait_until_dead
 
@@ -53,7 +54,6 @@ def test_stale_socket_of_a_killed_server_is_replaced(port: int, tmp_path: Path) 
     assert os.path.exists(path)  # a stale file: nobody listens, the file stays
     with Echo(port, transport="unix", socket_dir=str(tmp_path)) as second:
         assert second.echo("fresh") == "fresh"
-    first._rpc_process = None  # its server is gone; nothing to stop
     first.shutdown()
 
 

@@ -22,8 +22,8 @@ from rpcgen.runtime import (
     ServiceError,
     ServiceState,
     StartupError,
-    port_is_free,
 )
+from rpcgen.runtime.process import port_is_free
 from rpcgen.runtime.transport import open_connection
 from tests.reliability.conftest import Log
 from tests.support.notifiers import HangingNotifier, RaisingNotifier, RecordingNotifier

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.reliability.conftest import Log
+from tests.support.internals import rpc_proxy
 from tests.support.services import Echo
 from tests.support.waiting import free_port
 
@@ -87,7 +88,8 @@ def test_asyncio_client_with_64_calls_in_flight(reliability_log: Log) -> None:
 
     with Echo(free_port()) as svc:
         errors = asyncio.run(asyncio.wait_for(main(svc), 120))
-        assert svc._rpc_proxy is not None and len(svc._rpc_proxy._rpc_mux) == 0  # loop gone
+        loops = rpc_proxy(svc)._rpc_loops
+        assert loops is not None and len(loops.by_loop) == 0  # loop gone
     reliability_log.record(
         "asyncio: 64 tasks x 500 calls in flight on one connection",
         rounds=ASYNC_TASKS * per_task,

@@ -296,7 +296,7 @@ def missing(ns: str) -> dict[str, Any]:
 
 def where(ns: str, resource: str) -> dict[str, Any]:
     """The netns test's client: a Relay pinned to the node that has ``resource``."""
-    from rpcgen.runtime.ray_backend import list_services
+    from rpcgen.runtime.ray_cluster import list_services
 
     # Bounds, not waits: a first worker on a fresh node may take longer than the default.
     relay = Relay(

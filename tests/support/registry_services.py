@@ -6,8 +6,14 @@ import os
 from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
 
-from rpcgen.runtime import RPCServiceBase, ServiceGraph, ServiceNode, StartedServices, serve_rpc
-from rpcgen.runtime.transport import Address
+from rpcgen.runtime import (
+    Address,
+    RPCServiceBase,
+    ServiceGraph,
+    ServiceNode,
+    StartedServices,
+    serve_rpc,
+)
 from tests.support.services import CrashingServer, EchoServer
 
 

@@ -13,8 +13,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from rpcgen.runtime import RPCServiceBase, ServiceUnavailable, serve_rpc
-from rpcgen.runtime.transport import Address
+from rpcgen.runtime import Address, RPCServiceBase, ServiceUnavailable, serve_rpc
 
 CHECK_EVERY_S = 0.05
 
@@ -141,7 +140,7 @@ class Holder(RPCServiceBase[HolderServer]):
 
 
 def owner_pid_of_server(pid: int) -> int:
-    from rpcgen.runtime import parse_process_title
+    from rpcgen.runtime.announce import parse_process_title
 
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         title = parse_process_title(f.read().decode().replace("\0", " ").strip())

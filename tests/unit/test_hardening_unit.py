@@ -13,7 +13,7 @@ import pytest
 import rpcgen.generator.errors as generator_errors
 import rpcgen.runtime.errors as runtime_errors
 from rpcgen.generator.errors import ConflictsWritten, ServerModuleError, SpecError, SpecIssue
-from rpcgen.runtime import parse_process_title, process_title
+from rpcgen.runtime.announce import parse_process_title, process_title
 from rpcgen.runtime.wire import looks_big
 
 #: One instance of every error class, built the way the code builds it.
@@ -50,6 +50,9 @@ SAMPLES: dict[str, Any] = {
     ),
     "BackendNotInstalled": runtime_errors.BackendNotInstalled(
         service="S", backend="ray", extra="ray"
+    ),
+    "ServiceStartError": runtime_errors.ServiceStartError(
+        service="S", cause=ValueError("bad config"), stopped=["A", "B"]
     ),
     "RpcgenError": generator_errors.RpcgenError("plain"),
     "SpecError": SpecError([SpecIssue("rpcgen.toml", "bad", service="S", field="port")]),

@@ -8,7 +8,6 @@ import pytest
 
 from rpcgen.runtime import (
     CallTimeout,
-    PicklingProxy,
     PortInUseError,
     ReadySignal,
     RemoteCallError,
@@ -17,11 +16,10 @@ from rpcgen.runtime import (
     ServiceUnavailable,
     StartupError,
     StartupTimeout,
-    parse_process_title,
-    port_is_free,
-    process_title,
-    wait_port_free,
 )
+from rpcgen.runtime.announce import parse_process_title, process_title
+from rpcgen.runtime.direct import PicklingProxy
+from rpcgen.runtime.process import port_is_free, wait_port_free
 
 
 def test_errors_subclass_the_stdlib_classes_callers_catch() -> None:

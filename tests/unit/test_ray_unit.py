@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import pytest
 from rpcgen.generator.api import generate
 from rpcgen.generator.errors import SpecError
 from rpcgen.generator.render import py_literal
-from rpcgen.generator.spec import RaySpec, load_spec
+from rpcgen.generator.spec import RaySpec
+from rpcgen.generator.spec_file import load_spec
 from rpcgen.runtime import RayOptions, ServiceError
-from rpcgen.runtime.backend import DEFAULT_RAY_MAX_CONCURRENCY, check_backend
-from rpcgen.runtime.serve import DEFAULT_MAX_CONCURRENT_CALLS
+from rpcgen.runtime.ray_backend import RayBackend
+from rpcgen.runtime.settings import check_backend
 from tests.support.project import write
 from tests.support.services import Echo
 
@@ -44,12 +46,6 @@ def spec_error(tmp_path: Path, extra: str) -> str:
     with pytest.raises(SpecError) as info:
         load_spec(tmp_path)
     return str(info.value)
-
-
-def test_defaults_match_the_process_backend() -> None:
-    assert DEFAULT_RAY_MAX_CONCURRENCY == DEFAULT_MAX_CONCURRENT_CALLS == RaySpec().max_concurrency
-    assert RayOptions().namespace == RaySpec().namespace == "rpcgen"
-    assert RayOptions().max_restarts == RaySpec().max_restarts == -1
 
 
 def test_a_ray_service_spec(tmp_path: Path) -> None:
@@ -177,12 +173,22 @@ def test_direct_mode_needs_no_ray() -> None:
 
 
 def test_a_ray_service_has_no_rpcgen_key_to_rotate() -> None:
-    client = Echo(1, running_unit_tests=True, backend="ray")
-    try:
-        with pytest.raises(ServiceError, match="Ray's own token"):
-            client.rotate_authkey()
-    finally:
-        client.shutdown()
+    backend = RayBackend(
+        service="Echo",
+        port=1,
+        make_server=dict,
+        methods=(),
+        options=RayOptions(),
+        address=None,
+        start_timeout_s=1.0,
+        shutdown_timeout_s=1.0,
+        check_timeout_s=1.0,
+        notify=lambda message, level: None,
+        log=logging.getLogger("test.ray"),
+    )
+    with pytest.raises(ServiceError, match="Ray's own token"):
+        backend.rotate_key()
+    assert backend.label == "ray:rpcgen/Echo"
 
 
 def test_dict_literals_render_as_repr_of_validated_values() -> None:

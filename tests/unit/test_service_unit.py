@@ -1,9 +1,10 @@
-"""RPCServiceBase logic that needs no process: direct mode, rate limiting with an injected
-clock, restart backoff and flapping with an injected sleep."""
+"""RPCServiceBase's lifecycle, driven through the backend seam: a fake backend, an
+injected clock and sleep, no process and no real waiting."""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,11 +13,16 @@ from rpcgen.runtime import (
     NotPicklableError,
     RestartPolicy,
     RPCServiceBase,
+    ServiceError,
     ServiceState,
+    ServiceStopped,
     ServiceUnavailable,
     StartupError,
 )
-from rpcgen.runtime.service import _Secret
+from rpcgen.runtime.backend import Backend, ServerRef
+from rpcgen.runtime.health import FailureKind
+from rpcgen.runtime.process_backend import Secret
+from rpcgen.runtime.supervise import Probe
 
 
 class FakeClock:
@@ -40,6 +46,259 @@ class Server:
     def health_check_rpc(self) -> dict[str, Any]:
         self.checks += 1
         return {"status": self.status}
+
+
+class FakeBackend:
+    """A backend that records what the client asks of it; starts get pids 100, 101, ..."""
+
+    label = "fake"
+
+    def __init__(self, *, failing_starts: int = 0) -> None:
+        self.calls: list[str] = []
+        self.failing_starts = failing_starts  # starts after the first that raise
+        self.starts = 0
+        self.next_pid = 100
+        self.proxy: Any = None
+        self.server: ServerRef = (0, 0)
+        self.probes: list[Probe] = []
+        self.unhealthy_result = False
+        self.on_exit: Callable[[str, ServerRef], None] | None = None
+        self.followed: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled client takes its (fake) backend along: a fresh one, as a real one is.
+        return {**vars(self), "calls": [], "on_exit": None}
+
+    def start(self) -> int:
+        self.calls.append("start")
+        self.starts += 1
+        if self.starts > 1 and self.failing_starts:
+            self.failing_starts -= 1
+            raise StartupError(service="Fake", port=1, exitcode=1)
+        pid, self.next_pid = self.next_pid, self.next_pid + 1
+        self.server = (pid, self.server[1] + 1)
+        self.proxy = Server()
+        return pid
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def restart_once(self) -> int:
+        self.calls.append("restart_once")
+        return self.start()
+
+    def probe(self) -> Probe:
+        self.calls.append("probe")
+        probe = self.probes.pop(0) if self.probes else Probe(None)
+        if isinstance(probe, Exception):
+            raise probe
+        return Probe(probe.kind, probe.detail, probe.fatal, server=self.server)
+
+    def watch(self, on_exit: Callable[[str, ServerRef], None]) -> None:
+        self.on_exit = on_exit
+
+    def unwatch(self, timeout_s: float) -> None:
+        self.calls.append("unwatch")
+
+    def handoff(self) -> Any:
+        return ("handoff", self.server)
+
+    def follow(self, handoff: Any) -> None:
+        self.followed = handoff
+        self.server = handoff[1]
+        self.proxy = Server()
+
+    def attach(self, located: Any, timeout_s: float) -> None:
+        raise AssertionError("not used here")
+
+    def on_unhealthy(self, reason: str) -> bool:
+        self.calls.append(f"on_unhealthy: {reason}")
+        return self.unhealthy_result
+
+    def rotate_key(self) -> None:
+        self.calls.append("rotate_key")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def after_fork(self) -> None:
+        self.calls.append("after_fork")
+
+    def die(self) -> None:
+        """The server process exited: what the process backend's watcher reports."""
+        assert self.on_exit is not None
+        self.on_exit("server process exited (exit code -9)", self.server)
+
+
+class Fake(RPCServiceBase[Server]):
+    """A client whose backend is a FakeBackend (its one seam for tests)."""
+
+    def __init__(self, fake: FakeBackend, clock: FakeClock, **kwargs: Any) -> None:
+        self.fake = fake
+        super().__init__("Fake", 50000, clock=clock, sleep=clock.sleep, **kwargs)
+
+    def _rpc_make_backend(self) -> Backend:
+        return self.fake  # type: ignore[return-value]
+
+    def _create_direct_server(self) -> Server:
+        return Server()
+
+    def _start_server_process(self, address: Any, authkey: bytes, server_ready: Any) -> Any:
+        raise AssertionError("the fake backend starts no process")
+
+
+def started(fake: FakeBackend, clock: FakeClock | None = None, **kwargs: Any) -> Fake:
+    svc = Fake(fake, clock or FakeClock(), **kwargs)
+    svc._initialize_service()
+    return svc
+
+
+def test_the_backend_satisfies_the_protocol() -> None:
+    backend: Backend = FakeBackend()  # type: ignore[assignment]
+    assert backend.label == "fake"
+
+
+def test_start_makes_this_process_the_owner_and_the_server_pid_known() -> None:
+    fake = FakeBackend()
+    svc = started(fake)
+    assert svc.state is ServiceState.RUNNING and svc.is_owner and svc.server_pid == 100
+    assert svc._server_proxy is fake.proxy
+    svc.shutdown()
+    assert fake.calls[-2:] == ["close", "stop"]  # connections first, then the server
+    assert svc.state is ServiceState.STOPPED and svc.server_pid is None
+
+
+def test_a_failed_start_is_failed_and_drops_what_the_backend_holds() -> None:
+    class Refusing(FakeBackend):
+        def start(self) -> int:
+            raise StartupError(service="Fake", port=1, exitcode=3)
+
+    fake = Refusing()
+    svc = Fake(fake, FakeClock())
+    with pytest.raises(StartupError):
+        svc._initialize_service()
+    assert svc.state is ServiceState.FAILED
+    assert fake.calls == ["stop"]
+
+
+def test_a_dead_server_is_restarted_at_once_by_its_owner() -> None:
+    fake = FakeBackend()
+    svc = started(fake, enable_health_check=True)
+    fake.die()
+    assert svc.server_pid == 101 and svc.state is ServiceState.RUNNING
+    assert fake.calls.count("restart_once") == 1
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send_message(self, message: str, level: str = "info") -> None:
+        self.sent.append((level, message))
+
+
+def test_restart_attempts_back_off_then_the_flapping_guard_stops_them() -> None:
+    clock, notes = FakeClock(), Notes()
+    policy = RestartPolicy(
+        backoff_initial_s=0.5, backoff_multiplier=2, max_attempts=3, flap_max_restarts=5
+    )
+    fake = FakeBackend(failing_starts=99)
+    svc = started(fake, clock, restart_policy=policy, enable_health_check=True, notifier=notes)
+    fake.die()
+    assert fake.starts == 4 and clock.sleeps == [0.5, 1.0]  # the first start, then 3 attempts
+    assert svc.state is ServiceState.FAILED
+    fake.die()
+    assert fake.starts == 6  # the guard stopped the 6th restart
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0]
+    fake.die()
+    assert fake.starts == 6  # no busy loop once tripped
+    assert svc.flush_notifications(5)
+    assert [level for level, text in notes.sent if "is flapping" in text] == ["critical"]
+    assert svc.restart() is False  # a manual restart re-arms the guard (and fails here)
+    assert fake.starts == 9
+
+
+def test_the_flapping_guard_trips_on_restarts_that_went_through() -> None:
+    clock = FakeClock()
+    policy = RestartPolicy(backoff_initial_s=0.5, flap_max_restarts=2, flap_window_s=60)
+    fake = FakeBackend()
+    svc = started(fake, clock, restart_policy=policy, enable_health_check=True)
+    fake.die()
+    fake.die()
+    assert svc.server_pid == 102
+    fake.die()  # the third death within the window: no restart
+    assert svc.server_pid is None and svc.state is ServiceState.FAILED
+    assert fake.calls.count("restart_once") == 2
+
+
+def test_failing_health_checks_restart_the_server_they_judged() -> None:
+    fake = FakeBackend()
+    svc = started(fake, enable_health_check=True, health_check_interval_s=0)
+    fake.probes = [Probe(FailureKind.STATUS, "bad")] * 3
+    assert [svc.health_check() for _ in range(3)] == [False, False, False]
+    assert fake.calls.count("restart_once") == 1 and svc.server_pid == 101
+    assert svc.health_check() is True
+
+
+def test_a_restart_for_a_server_already_replaced_does_nothing() -> None:
+    fake = FakeBackend()
+    svc = started(fake, enable_health_check=True, health_check_interval_s=0)
+
+    seen = fake.server
+    fake.die()  # the watcher restarted it first
+    assert fake.server != seen
+
+    def judged_old() -> Probe:
+        return Probe(FailureKind.TRANSPORT, "gone", fatal=True, server=seen)
+
+    fake.probe = judged_old  # type: ignore[method-assign]
+    assert svc.health_check() is False
+    assert fake.calls.count("restart_once") == 1  # the health check did not restart it again
+
+
+def test_health_check_never_raises() -> None:
+    fake = FakeBackend()
+    svc = started(fake, enable_health_check=True, health_check_interval_s=0)
+    fake.probes = [KeyError("unexpected")]  # type: ignore[list-item]
+    assert svc.health_check() is False
+
+
+def test_a_client_that_does_not_own_the_server_asks_its_backend() -> None:
+    fake = FakeBackend()
+    owner = started(fake, enable_health_check=True, health_check_interval_s=0)
+    clone = pickle.loads(pickle.dumps(owner))
+    assert isinstance(clone, Fake)
+    assert clone.fake.followed == ("handoff", (100, 1)) and clone.server_pid == 100
+    assert not clone.is_owner and clone.state is ServiceState.RUNNING
+    clone.fake.probes = [Probe(FailureKind.TRANSPORT, "hung")] * 3
+    for _ in range(3):
+        clone.health_check()
+    assert clone.fake.calls[-1] == "on_unhealthy: transport failure: hung"
+    assert "restart_once" not in clone.fake.calls
+    clone.shutdown()
+    assert "stop" not in clone.fake.calls and "close" in clone.fake.calls
+    assert owner.state is ServiceState.RUNNING
+
+
+def test_only_the_owner_rotates_the_key_and_then_restarts() -> None:
+    fake = FakeBackend()
+    owner = started(fake)
+    assert owner.rotate_authkey() is True
+    assert fake.calls[-3:] == ["rotate_key", "restart_once", "start"]
+    clone = pickle.loads(pickle.dumps(owner))
+    with pytest.raises(ServiceError, match="only the owner"):
+        clone.rotate_authkey()
+
+
+def test_a_stopped_client_is_not_picklable_and_calls_raise_stopped() -> None:
+    fake = FakeBackend()
+    svc = started(fake)
+    svc.shutdown()
+    with pytest.raises(ServiceUnavailable, match="only a running client"):
+        pickle.dumps(svc)
+
+
+# -- direct mode: the real DirectBackend ------------------------------------------------
 
 
 class Direct(RPCServiceBase[Server]):
@@ -80,17 +339,6 @@ def test_failing_direct_server_stays_unhealthy_while_rate_limited() -> None:
     assert svc.health_check() is True
 
 
-def test_health_check_never_raises() -> None:
-    clock = FakeClock()
-    svc = Direct(clock, enable_health_check=True, health_check_interval_s=0)
-
-    def explode() -> Any:
-        raise KeyError("unexpected")
-
-    svc._rpc_probe = explode  # type: ignore[method-assign]
-    assert svc.health_check() is False
-
-
 def test_direct_mode_state_pid_and_pickling() -> None:
     svc = Direct(FakeClock())
     assert svc.state is ServiceState.DIRECT and svc.server_pid is None
@@ -98,6 +346,8 @@ def test_direct_mode_state_pid_and_pickling() -> None:
         pickle.dumps(svc)
     svc.shutdown()
     assert svc.state is ServiceState.STOPPED
+    with pytest.raises(ServiceStopped):
+        svc._server_proxy  # noqa: B018
 
 
 def test_server_proxy_before_start_is_a_clear_error() -> None:
@@ -110,38 +360,16 @@ def test_server_proxy_before_start_is_a_clear_error() -> None:
 
 
 def test_secret_repr_hides_the_value() -> None:
-    assert repr(_Secret(b"abc")) == "<secret>"
+    assert repr(Secret(b"abc")) == "<secret>"
 
 
-class FlakyRestarts(Direct):
-    """Pretends to own a running server whose every start fails."""
+def test_an_abandoned_client_is_collected_at_once() -> None:
+    # The backend holds the client's methods weakly: no reference cycle keeps it alive.
+    import weakref
 
-    def __init__(self, clock: FakeClock, policy: RestartPolicy) -> None:
-        super().__init__(clock, restart_policy=policy, enable_health_check=True)
-        self.starts = 0
-        self._rpc_state = ServiceState.RUNNING
-        self._rpc_owner_pid = __import__("os").getpid()
-
-    def _rpc_stop_server_process(self) -> None:
-        pass
-
-    def _rpc_start_server(self) -> None:
-        self.starts += 1
-        raise StartupError(service=self.service_name, port=self.port, exitcode=1)
-
-
-def test_restart_attempts_back_off_then_flapping_guard_stops_them() -> None:
-    clock = FakeClock()
-    policy = RestartPolicy(
-        backoff_initial_s=0.5, backoff_multiplier=2, max_attempts=3, flap_max_restarts=5
-    )
-    svc = FlakyRestarts(clock, policy)
-    assert svc._rpc_restart_server("test") is False
-    assert svc.starts == 3 and clock.sleeps == [0.5, 1.0]
-    assert svc.state is ServiceState.FAILED
-    assert svc._rpc_restart_server("again") is False
-    assert svc.starts == 5  # the guard stopped the 6th
-    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0]
-    assert svc._rpc_supervisor.flap.tripped
-    assert svc._rpc_restart_server("and again") is False
-    assert svc.starts == 5  # no busy loop once tripped
+    fake = FakeBackend()
+    svc = started(fake, enable_health_check=True)
+    ref = weakref.ref(svc)
+    del svc
+    assert ref() is None
+    assert "stop" in fake.calls  # __del__ stopped the server it owned

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from rpcgen.generator.errors import SpecError
-from rpcgen.generator.spec import HealthSpec, add_service, load_spec, parse_spec
+from rpcgen.generator.spec import HealthSpec
+from rpcgen.generator.spec_check import parse_spec
+from rpcgen.generator.spec_file import add_service, load_spec
 from tests.support.project import cli, snapshot, write
 
 GOOD = """\

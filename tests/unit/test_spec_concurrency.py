@@ -9,8 +9,7 @@ import pytest
 
 from rpcgen.generator.api import generate
 from rpcgen.generator.errors import SpecError
-from rpcgen.generator.spec import DEFAULT_MAX_CONCURRENT_CALLS, load_spec
-from rpcgen.runtime.serve import DEFAULT_MAX_CONCURRENT_CALLS as RUNTIME_DEFAULT
+from rpcgen.generator.spec_file import load_spec
 from tests.support.project import write
 
 SPEC = """\
@@ -26,10 +25,6 @@ class PricerServer:
     def health_check_rpc(self) -> dict[str, str]:
         return {"status": "ok"}
 """
-
-
-def test_the_default_is_the_servers() -> None:
-    assert DEFAULT_MAX_CONCURRENT_CALLS == RUNTIME_DEFAULT
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1025", "true", '"8"', "2.5"])

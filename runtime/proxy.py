@@ -1,0 +1,374 @@
+"""The process backend's client proxy: calls on per-thread connections.
+
+:class:`RPCProxy` is what ``_server_proxy`` returns for a service in its own
+process. Each thread gets its own connection, opened on its first call; asyncio
+calls share one multiplexed connection per event loop (:mod:`.mux`, imported
+only by programs that use it). It closes every connection it opened (a
+``connect()``-ed BaseManager cannot), drops inherited connections in forked
+children, and maps transport failures to :mod:`rpcgen.runtime.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from multiprocessing import connection
+from typing import TYPE_CHECKING, Any
+
+from .backend import CallsByName
+from .endpoint import Address
+from .errors import (
+    CallTimeout,
+    RemoteCallError,
+    ServiceAuthenticationError,
+    ServiceStopped,
+    ServiceUnavailable,
+)
+from .remote import unpack_exception
+from .transport import OBJECT_ID, describe, open_connection
+from .wire import dumps, looks_big, recv_message, send_message
+
+if TYPE_CHECKING:
+    from .mux import LoopConnections
+
+__all__ = ["RPCProxy"]
+
+_loads = pickle.loads
+
+
+class _Holder:
+    """Per-thread slot; its finalizer closes the thread's connection when the thread ends."""
+
+    __slots__ = ("__weakref__", "conn", "generation")
+
+    def __init__(self, conn: connection.Connection, generation: int) -> None:
+        self.conn = conn
+        self.generation = generation
+
+
+def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: connection.Connection) -> None:
+    proxy = proxy_ref()
+    # A forked child frees the other threads' thread-locals inside os.fork(), before
+    # any at-fork hook: the proxy's lock may have been held by one of those threads
+    # then, and would never be released. The child's after-fork hook drops the set.
+    if proxy is not None and proxy._rpc_pid == os.getpid() and not proxy._rpc_forget(conn):
+        return  # _rpc_drop_all took it, and closes it
+    conn.close()
+
+
+_LIVE_PROXIES: weakref.WeakSet[RPCProxy] = weakref.WeakSet()
+
+
+def _reset_proxies_in_child() -> None:
+    # A forked child must never write to its parent's sockets: the parent's
+    # thread would read the child's reply. Drop (close our copy of) every fd.
+    for proxy in list(_LIVE_PROXIES):
+        proxy._rpc_after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_proxies_in_child)
+
+
+class RPCProxy(CallsByName):
+    """Calls methods of the served object: ``proxy.method(*args, **kwargs)``.
+
+    Safe to share between threads: each thread gets its own connection, opened on
+    its first call. Not a ``BaseProxy``: no refcounting, no per-proxy fork hooks.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        address: Address,
+        authkey: bytes,
+        connect_timeout_s: float = 10.0,
+        wait_ready: Callable[[float], bool] | None = None,
+    ) -> None:
+        self._rpc_service = service
+        self._rpc_address = address
+        self._rpc_authkey = authkey
+        self._rpc_connect_timeout_s = connect_timeout_s
+        self._rpc_wait_ready = wait_ready
+        self._rpc_init_state()
+        _LIVE_PROXIES.add(self)
+
+    def _rpc_init_state(self) -> None:
+        self._rpc_tls = threading.local()
+        self._rpc_lock = threading.Lock()
+        self._rpc_conns: set[connection.Connection] = set()
+        self._rpc_generation = 0
+        self._rpc_closed = False
+        self._rpc_pid = os.getpid()
+        # asyncio: one multiplexed connection per event loop, made on the first
+        # asyncio call (see .mux)
+        self._rpc_loops: LoopConnections | None = None
+
+    def __repr__(self) -> str:
+        host, port = describe(self._rpc_address)
+        return f"<RPCProxy service={self._rpc_service!r} address={host}:{port}>"
+
+    # -- connection management -------------------------------------------------
+
+    def _rpc_connection(
+        self, *, wait_ready: bool = True, timeout_s: float | None = None
+    ) -> connection.Connection:
+        holder: _Holder | None = getattr(self._rpc_tls, "holder", None)
+        if (
+            holder is not None
+            and holder.generation == self._rpc_generation
+            and not holder.conn.closed
+        ):
+            return holder.conn
+        return self._rpc_open(wait_ready=wait_ready, timeout_s=timeout_s)
+
+    def _rpc_open(
+        self, *, wait_ready: bool = True, timeout_s: float | None = None
+    ) -> connection.Connection:
+        """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
+        conn, generation = self._rpc_handshake(wait_ready=wait_ready, timeout_s=timeout_s)
+        with self._rpc_lock:
+            if self._rpc_closed:
+                conn.close()
+                raise ServiceStopped(service=self._rpc_service)
+            self._rpc_conns.add(conn)
+        holder = _Holder(conn, generation)
+        weakref.finalize(holder, _forget, weakref.ref(self), conn)
+        self._rpc_tls.holder = holder
+        return conn
+
+    def _rpc_open_mux(self, timeout_s: float | None = None) -> tuple[int, int]:
+        """Open a multiplexed connection (blocking): its own fd, and the generation."""
+        conn, generation = self._rpc_handshake(wait_ready=True, timeout_s=timeout_s, mux=True)
+        try:
+            fd = os.dup(conn.fileno())
+        finally:
+            conn.close()
+        return fd, generation
+
+    def _rpc_handshake(
+        self, *, wait_ready: bool, timeout_s: float | None, mux: bool = False
+    ) -> tuple[connection.Connection, int]:
+        if self._rpc_closed:
+            raise ServiceStopped(service=self._rpc_service)
+        bound = min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s)
+        ready = self._rpc_wait_ready if wait_ready else None
+        if ready is not None:
+            ready(bound)  # a restart is under way: wait for it (bounded), don't fail fast
+        generation = self._rpc_generation
+        try:
+            conn = open_connection(
+                self._rpc_address,
+                self._rpc_authkey,
+                service=self._rpc_service,
+                timeout_s=bound,
+                mux=mux,
+            )
+        except ServiceAuthenticationError:
+            # A restart can put a new server, with a new key, on the port between the
+            # wait above and the connect. Then (and only then) wait for the restart to
+            # finish and try once more, with the new key.
+            if ready is None or (self._rpc_generation == generation and ready(0)):
+                raise
+            ready(bound)
+            generation = self._rpc_generation
+            conn = open_connection(
+                self._rpc_address,
+                self._rpc_authkey,
+                service=self._rpc_service,
+                timeout_s=bound,
+                mux=mux,
+            )
+        return conn, generation
+
+    def _rpc_wait_with(self, wait_ready: Callable[[float], bool]) -> None:
+        """How a new connection waits for the server (a forked copy follows it instead)."""
+        self._rpc_wait_ready = wait_ready
+
+    def _rpc_forget(self, conn: connection.Connection) -> bool:
+        """Take ``conn`` out of the set; True if it was there: then the caller closes it.
+
+        Whoever takes a connection out of the set (under the lock) closes it, and only
+        they: two threads in ``Connection.close()`` at once could both reach
+        ``os.close`` (EBADF, or worse, closing an fd number reused meanwhile). That
+        happens when shutdown closes a connection whose call it has just woken.
+        """
+        with self._rpc_lock:
+            if conn in self._rpc_conns:
+                self._rpc_conns.discard(conn)
+                return True
+            return False
+
+    def _rpc_discard(self, conn: connection.Connection) -> None:
+        self._rpc_tls.holder = None
+        if self._rpc_forget(conn):
+            conn.close()
+
+    def _rpc_drop_all(self) -> None:
+        with self._rpc_lock:
+            conns, self._rpc_conns = self._rpc_conns, set()
+            self._rpc_generation += 1
+        for conn in conns:
+            _shutdown_and_close(conn)
+        if self._rpc_loops is not None:
+            self._rpc_loops.close_all()
+
+    def _rpc_rebind(self, address: Address, authkey: bytes) -> None:
+        """Point at a restarted server; every thread reconnects on its next call."""
+        self._rpc_address = address
+        self._rpc_authkey = authkey
+        self._rpc_drop_all()
+
+    def _rpc_close(self) -> None:
+        """Close every connection; later calls raise ServiceStopped. Idempotent."""
+        self._rpc_closed = True
+        self._rpc_drop_all()
+
+    def _rpc_after_fork(self) -> None:
+        inherited, loops = self._rpc_conns, self._rpc_loops
+        closed = self._rpc_closed
+        self._rpc_init_state()
+        self._rpc_closed = closed
+        for conn in inherited:
+            conn.close()  # our copy of the fd only; the parent's socket stays open
+        if loops is not None:
+            loops.close_in_child()
+
+    def _rpc_connection_count(self) -> int:
+        with self._rpc_lock:
+            return len(self._rpc_conns)
+
+    # -- calls -----------------------------------------------------------------
+
+    def _rpc_call(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Call ``method`` on the served object and return its result.
+
+        An exception raised by the method is re-raised as itself. With
+        ``timeout_s``, a call with no reply in time raises :class:`CallTimeout`.
+        """
+        kwargs = kwargs or {}
+        big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
+        payload = dumps((OBJECT_ID, method, args, kwargs), big)  # errors here: no I/O yet
+        conn = self._rpc_connection(timeout_s=timeout_s)
+        try:
+            send_message(conn.fileno(), payload)
+            del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
+            if timeout_s is not None and not conn.poll(timeout_s):
+                reply = None
+            else:
+                reply = recv_message(conn.fileno())
+        except (OSError, EOFError) as exc:
+            self._rpc_discard(conn)
+            raise self._rpc_transport_error(method, exc) from exc
+        except BaseException:
+            # KeyboardInterrupt or similar mid-call: the reply may still arrive, so
+            # this connection is out of step. Never reuse it.
+            self._rpc_discard(conn)
+            raise
+        if reply is None:  # raised here, not above: CallTimeout is an OSError too
+            assert timeout_s is not None
+            self._rpc_discard(conn)
+            raise self._rpc_call_timeout(method, timeout_s)
+        return self._rpc_decode(method, reply)
+
+    def _rpc_acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Awaitable[Any]:
+        """:meth:`_rpc_call` as an awaitable, on this event loop's multiplexed connection.
+
+        A cancelled or timed-out call's late reply is dropped; the connection stays
+        in step. Transport failures raise the same errors as :meth:`_rpc_call`.
+        """
+        loops = self._rpc_loops
+        if loops is None:
+            from .mux import LoopConnections  # asyncio: imported only by programs that use it
+
+            with self._rpc_lock:
+                if self._rpc_loops is None:
+                    self._rpc_loops = LoopConnections()
+                loops = self._rpc_loops
+        return loops.call(self, method, args, kwargs, timeout_s)
+
+    def _rpc_call_timeout(self, method: str, timeout_s: float) -> CallTimeout:
+        host, port = describe(self._rpc_address)
+        return CallTimeout(
+            service=self._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
+        )
+
+    def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception:
+        """The typed error for a call whose connection failed (``exc``; None: EOF)."""
+        if self._rpc_closed:
+            return ServiceStopped(service=self._rpc_service)
+        host, port = describe(self._rpc_address)
+        if exc is None or isinstance(exc, EOFError):
+            reason = "connection closed by the server"
+        else:
+            reason = repr(exc)
+        return ServiceUnavailable(
+            service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"
+        )
+
+    def _rpc_decode(self, method: str, reply: bytes | bytearray) -> Any:
+        """The result in a pickled reply, or its exception raised."""
+        try:
+            kind, result = _loads(reply)
+        except Exception as exc:
+            raise RemoteCallError(
+                service=self._rpc_service,
+                method=method,
+                remote_traceback=f"the reply could not be unpickled here: {exc!r}",
+            ) from exc
+        if kind == "#RETURN":
+            return result
+        if kind == "#RAISED":
+            error = unpack_exception(result, service=self._rpc_service, method=method)
+            try:
+                raise error
+            finally:
+                del error, result  # break the traceback reference cycle
+        if kind == "#ERROR":
+            try:
+                raise result
+            finally:
+                del result  # break the traceback reference cycle
+        raise RemoteCallError(
+            service=self._rpc_service, method=method, remote_traceback=str(result)
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The authkey travels explicitly: a pickled proxy must be able to authenticate.
+        return (
+            _rebuild_proxy,
+            (self._rpc_service, self._rpc_address, self._rpc_authkey, self._rpc_connect_timeout_s),
+        )
+
+
+def _rebuild_proxy(service: str, address: Address, authkey: bytes, timeout_s: float) -> RPCProxy:
+    return RPCProxy(service=service, address=address, authkey=authkey, connect_timeout_s=timeout_s)
+
+
+def _shutdown_and_close(conn: connection.Connection) -> None:
+    # shutdown() wakes a thread blocked in recv on this socket before the fd is closed,
+    # so that thread cannot later touch a reused fd number.
+    if conn.closed:
+        return
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as view:
+            view.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()

@@ -1,0 +1,214 @@
+"""A client's settings, checked: which backend, and what each backend is given.
+
+``backend="process"`` (the default) runs the server in a process of its own on
+this host (:class:`ProcessSettings`). ``backend="ray"`` creates it inside a
+named Ray actor (:class:`RayOptions`; :mod:`rpcgen.runtime.ray_backend` is
+imported only then, so ``import rpcgen.runtime`` never imports ray).
+:func:`check_backend` refuses a setting that does not fit the backend, and the
+generator validates a spec's Ray table with :func:`ray_option_problems` too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import (
+    BACKENDS,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_RAY_NAMESPACE,
+    MAX_CONCURRENT_CALLS_LIMIT,
+)
+from .endpoint import Endpoint
+from .transport import unix_socket_path
+
+__all__ = [
+    "ProcessSettings",
+    "RayOptions",
+    "check_backend",
+    "is_loopback",
+    "ray_option_problems",
+]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the service's actor is placed and kept alive (passed to ``actor.options()``).
+
+    ``max_restarts``: Ray restarts a dead actor this many times (-1: always).
+    ``detached``: the actor outlives the program that created it, until its
+    owner's ``shutdown()``; a later owner replaces it only once that program is gone.
+    """
+
+    namespace: str = DEFAULT_RAY_NAMESPACE
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
+    #: calls overlap (a health check is never queued behind a long call); 1 gives
+    #: Ray's one-call-at-a-time actor
+    max_concurrency: int = DEFAULT_MAX_CONCURRENT_CALLS
+    max_restarts: int = -1
+    detached: bool = False
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"RayOptions: {problems[0]}")
+        object.__setattr__(self, "resources", dict(self.resources))
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one line each (empty: nothing)."""
+        return [f"{name} {text}" for name, text in ray_option_problems(vars(self))]
+
+    def actor_options(self) -> dict[str, Any]:
+        """The keywords for ``ActorClass.options()`` (without name and runtime_env)."""
+        options: dict[str, Any] = {
+            "namespace": self.namespace,
+            "max_restarts": self.max_restarts,
+            # A call in flight when the actor dies fails: it may have run, and
+            # running it twice is not ours to decide (as with the process backend).
+            "max_task_retries": 0,
+            "max_concurrency": self.max_concurrency,
+        }
+        if self.num_cpus is not None:
+            options["num_cpus"] = self.num_cpus
+        if self.num_gpus is not None:
+            options["num_gpus"] = self.num_gpus
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        if self.detached:
+            options["lifetime"] = "detached"
+        return options
+
+
+def ray_option_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each bad Ray option in ``fields``; absent ones are fine.
+
+    One definition for both halves: :class:`RayOptions` and the spec's ``ray`` table.
+    """
+    found: list[tuple[str, str]] = []
+    namespace = fields.get("namespace", DEFAULT_RAY_NAMESPACE)
+    if not isinstance(namespace, str) or not namespace.strip():
+        found.append(("namespace", f"must be a non-empty string, got {namespace!r}"))
+    for name in ("num_cpus", "num_gpus"):
+        value = fields.get(name)
+        if value is not None and (not _number(value) or value < 0):
+            found.append((name, f"must be a number >= 0, got {value!r}"))
+    resources = fields.get("resources", {})
+    if not isinstance(resources, Mapping) or not all(
+        isinstance(k, str) and k and _number(v) and v >= 0 for k, v in resources.items()
+    ):
+        found.append(
+            (
+                "resources",
+                "must be a table of resource names to numbers >= 0, like { node_b = 1 }, "
+                f"got {resources!r}",
+            )
+        )
+    concurrency = fields.get("max_concurrency", DEFAULT_MAX_CONCURRENT_CALLS)
+    if not _integer(concurrency) or not 1 <= concurrency <= MAX_CONCURRENT_CALLS_LIMIT:
+        found.append(
+            (
+                "max_concurrency",
+                f"must be an integer from 1 to {MAX_CONCURRENT_CALLS_LIMIT}, got {concurrency!r}",
+            )
+        )
+    restarts = fields.get("max_restarts", -1)
+    if not _integer(restarts) or restarts < -1:
+        found.append(
+            ("max_restarts", f"must be an integer >= -1 (-1: always restart), got {restarts!r}")
+        )
+    detached = fields.get("detached", False)
+    if not isinstance(detached, bool):
+        found.append(("detached", f"must be true or false, got {detached!r}"))
+    return found
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_backend(
+    service: str,
+    backend: str,
+    *,
+    ray_address: str | None,
+    ray_options: RayOptions | None,
+    process_only: Mapping[str, bool],
+) -> None:
+    """Raise ValueError (one line) if a setting does not belong to the backend.
+
+    ``process_only`` maps each process-backend setting to whether it was changed
+    from its default.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"service {service!r}: backend must be one of {', '.join(map(repr, BACKENDS))}, "
+            f"got {backend!r}"
+        )
+    if backend == "process":
+        given = [
+            name
+            for name, value in (("ray_address", ray_address), ("ray_options", ray_options))
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"service {service!r}: {' and '.join(given)} apply only to backend='ray' "
+                "(this service uses backend='process')"
+            )
+        return
+    changed = sorted(name for name, was_set in process_only.items() if was_set)
+    if changed:
+        raise ValueError(
+            f"service {service!r}: {', '.join(changed)} apply only to backend='process' "
+            "(this service uses backend='ray'; use RayOptions for the actor)"
+        )
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address):
+        raise ValueError(f"service {service!r}: ray_address must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """What the process backend needs of a client's settings (checked by its constructor)."""
+
+    service: str
+    port: int
+    host: str
+    transport: str
+    socket_dir: str | None
+    authkey_file: str | None
+    start_method: str | None
+    start_timeout_s: float
+    connect_timeout_s: float
+    shutdown_timeout_s: float
+    check_timeout_s: float
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where the server listens: (host, port), or its Unix socket."""
+        if self.transport == "unix":
+            return Endpoint(unix_socket_path(self.service, self.port, self.socket_dir))
+        return Endpoint((self.host, self.port))
+
+    @property
+    def on_this_host(self) -> bool:
+        """Whether the server is on this host (so the service directory describes it)."""
+        return self.transport == "unix" or is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (a name or an address)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
