@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .render import render_project
-from .spec import HealthSpec, NewService, ProjectSpec, add_service, load_spec
+from .spec import HealthSpec, ProjectSpec
+from .spec_file import NewService, add_service, load_spec
 from .sync import LOCK_FILE, Lock, Plan, apply_plan, atomic_write, clean_stale_temps, make_plan
 from .writelock import project_write_lock
 

@@ -208,7 +208,7 @@ def ps(
 
     from rpcgen.runtime.errors import ServiceUnavailable
     from rpcgen.runtime.process import list_servers
-    from rpcgen.runtime.ray_backend import list_cluster_services
+    from rpcgen.runtime.ray_cluster import list_cluster_services
 
     servers = list_servers()
     try:

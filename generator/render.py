@@ -148,7 +148,7 @@ def black_mode(root: Path) -> Any:
     """
     import black
 
-    from .spec import read_spec_text
+    from .spec_file import read_spec_text
 
     config: Any = {}
     pyproject = root / "pyproject.toml"
