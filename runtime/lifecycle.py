@@ -12,14 +12,15 @@ see the same state and take the same lock as the client's restarts::
 
 from __future__ import annotations
 
+import atexit
 import enum
 import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["Lifecycle", "ServiceState", "weakly"]
+__all__ = ["OWNERS", "Lifecycle", "ServiceState", "weakly"]
 
 _R = TypeVar("_R")
 
@@ -72,3 +73,28 @@ def weakly(method: Callable[..., _R]) -> Callable[..., _R]:
 
     call.__name__ = call.__qualname__ = name
     return call
+
+
+class _Owning(Protocol):
+    def _shutdown_if_owner(self) -> None: ...
+
+    def _rpc_after_fork(self) -> None: ...
+
+
+#: The clients that started a server in this process: stopped at exit; in a forked
+#: child they follow their servers instead (the child owns none of them).
+OWNERS: weakref.WeakSet[_Owning] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_owned_servers_at_exit() -> None:
+    for client in list(OWNERS):
+        client._shutdown_if_owner()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(OWNERS):
+        client._rpc_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

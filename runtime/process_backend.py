@@ -34,7 +34,7 @@ from .lifecycle import Lifecycle
 from .poll import retry
 from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
 from .proxy import RPCProxy
-from .settings import ProcessSettings
+from .settings import ServiceSettings
 from .sharing import Located, stop_hung_server, wait_until_published
 from .supervise import Probe, ProcessWatcher, judge_health
 from .transport import request_shutdown
@@ -61,7 +61,7 @@ class ProcessBackend:
 
     def __init__(
         self,
-        settings: ProcessSettings,
+        settings: ServiceSettings,
         *,
         life: Lifecycle,
         start_process: StartProcess,

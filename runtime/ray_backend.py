@@ -46,7 +46,7 @@ from .ray_cluster import (
     worker_runtime_env,
 )
 from .ray_proxy import RayProxy
-from .settings import RayOptions
+from .settings import RayOptions, ServiceSettings
 from .supervise import Probe, judge_health
 
 __all__ = ["RayBackend", "RayHost"]
@@ -264,30 +264,23 @@ class RayBackend:
 
     def __init__(
         self,
+        settings: ServiceSettings,
         *,
-        service: str,
-        port: int,
         make_server: Callable[[], Any],
-        methods: tuple[str, ...],
-        options: RayOptions,
-        address: str | None,
-        start_timeout_s: float,
-        shutdown_timeout_s: float,
-        check_timeout_s: float,
         notify: Callable[[str, str], None],
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.service = service
-        self.port = port
+        self.service = settings.service
+        self.port = settings.port
         self.make_server = make_server
-        self.methods = methods
-        self.options = options
-        self.address = address
-        self.start_timeout_s = start_timeout_s
-        self.shutdown_timeout_s = shutdown_timeout_s
-        self.check_timeout_s = check_timeout_s
+        self.methods = settings.server_methods
+        self.options = settings.ray_options or RayOptions()
+        self.address = settings.ray_address
+        self.start_timeout_s = settings.start_timeout_s
+        self.shutdown_timeout_s = settings.shutdown_timeout_s
+        self.check_timeout_s = settings.check_timeout_s
         self.notify = notify
         self.log = log
         self.clock = clock
@@ -297,7 +290,7 @@ class RayBackend:
         self.calls: RayProxy | None = None
         self.server: ServerRef = (0, 0)
         #: the cluster's address, so that a copy unpickled elsewhere joins the same Ray
-        self.cluster: str | None = address
+        self.cluster: str | None = self.address
 
     @property
     def label(self) -> str:

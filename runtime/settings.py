@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .constants import (
     BACKENDS,
+    DEFAULT_HANDSHAKE_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_RAY_NAMESPACE,
     MAX_CONCURRENT_CALLS_LIMIT,
 )
 from .endpoint import Endpoint
+from .errors import UnsafeBindError
 from .transport import unix_socket_path
 
 __all__ = [
-    "ProcessSettings",
     "RayOptions",
+    "ServiceSettings",
     "check_backend",
     "is_loopback",
     "ray_option_problems",
@@ -135,6 +138,44 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_client_settings(
+    service: str,
+    port: int,
+    *,
+    host: str,
+    transport: str,
+    socket_dir: str | os.PathLike[str] | None,
+    authkey_file: str | os.PathLike[str] | None,
+    handshake_timeout_s: float,
+    max_concurrent_calls: int,
+    backend: str,
+    ray_address: str | None,
+    ray_options: RayOptions | None,
+) -> None:
+    """Raise (one line) if a client's settings are wrong, or do not fit its backend."""
+    if not service or not service.replace("_", "a").replace(".", "a").isalnum():
+        raise ValueError(f"service_name must be an identifier, got {service!r}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535 for service {service!r}, got {port}")
+    if transport not in ("tcp", "unix"):
+        raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
+    if transport == "tcp" and not is_loopback(host) and authkey_file is None:
+        raise UnsafeBindError(service=service, host=host)
+    check_backend(
+        service,
+        backend,
+        ray_address=ray_address,
+        ray_options=ray_options,
+        process_only={
+            "transport": transport != "tcp",
+            "socket_dir": socket_dir is not None,
+            "authkey_file": authkey_file is not None,
+            "handshake_timeout_s": handshake_timeout_s != DEFAULT_HANDSHAKE_TIMEOUT_S,
+            "max_concurrent_calls": max_concurrent_calls != DEFAULT_MAX_CONCURRENT_CALLS,
+        },
+    )
+
+
 def check_backend(
     service: str,
     backend: str,
@@ -176,20 +217,28 @@ def check_backend(
 
 
 @dataclass(frozen=True)
-class ProcessSettings:
-    """What the process backend needs of a client's settings (checked by its constructor)."""
+class ServiceSettings:
+    """A client's settings, as its backend is given them (checked by the client first)."""
 
     service: str
     port: int
-    host: str
-    transport: str
-    socket_dir: str | None
-    authkey_file: str | None
-    start_method: str | None
-    start_timeout_s: float
-    connect_timeout_s: float
-    shutdown_timeout_s: float
-    check_timeout_s: float
+    host: str = "127.0.0.1"
+    transport: str = "tcp"
+    socket_dir: str | None = None
+    authkey_file: str | None = None
+    start_method: str | None = None
+    start_timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 2.0
+    check_timeout_s: float = 5.0
+    #: "direct" (running_unit_tests), or a name from BACKENDS
+    backend: str = "process"
+    #: direct mode: every argument, result and error through pickle, as over RPC
+    direct_pickle: bool = False
+    ray_address: str | None = None
+    ray_options: RayOptions | None = None
+    #: the server's methods (generated clients list them): one actor method each on Ray
+    server_methods: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> Endpoint:

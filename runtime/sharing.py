@@ -1,6 +1,9 @@
 """One server, many clients: attaching to a running service, following its restarts,
 and stopping a hung server from a process that does not own it.
 
+:class:`SharedClient` is the part of ``RPCServiceBase`` that does this for a
+client: ``attach()``, pickling, forks and exit.
+
 Every client that does not own its server (attached, unpickled, forked) holds
 the service's key, which stays the same across restarts. When its connection
 fails it waits, within its timeout, for the owner to publish the restarted
@@ -17,14 +20,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .announce import parse_process_title
 from .directory import DirectoryEntry, lookup, read_key, wait_for_entry
-from .errors import ServiceNotFound
+from .endpoint import Endpoint
+from .errors import NotPicklableError, ServiceNotFound, ServiceUnavailable
+from .lifecycle import Lifecycle, ServiceState
 from .poll import wait_until
-from .settings import is_loopback
+from .settings import RayOptions, is_loopback
 
-__all__ = ["Located", "locate", "stop_hung_server", "wait_until_published"]
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .keeper import ServiceKeeper
+
+__all__ = ["Located", "SharedClient", "locate", "stop_hung_server", "wait_until_published"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,19 @@ class Located:
     key: bytes
     #: the directory entry (None for a service on another host)
     entry: DirectoryEntry | None
+
+    def client_settings(
+        self, authkey_file: str | os.PathLike[str] | None
+    ) -> dict[str, str | os.PathLike[str] | None]:
+        """The client settings that reach it: a Unix socket's folder, or the host."""
+        endpoint = Endpoint.of(self.address)
+        if endpoint.path is not None:
+            return {
+                "transport": "unix",
+                "socket_dir": os.path.dirname(endpoint.path),
+                "authkey_file": authkey_file,
+            }
+        return {"host": endpoint.host, "authkey_file": authkey_file}
 
 
 def locate(
@@ -138,3 +161,146 @@ def stop_hung_server(
             if entry.is_live():  # still the same process: checked by create time
                 psutil.Process(entry.pid).kill()
     return True
+
+
+_Shared = TypeVar("_Shared", bound="SharedClient")
+
+# Attributes rebuilt fresh, never pickled: locks, threads, the backend and its connections.
+_TRANSIENT = ("_rpc_life", "_rpc_backend", "_rpc_keeper_obj", "_rpc_log")
+
+
+class SharedClient:
+    """The part of a client (``RPCServiceBase``) that one server's many clients need:
+    ``attach()``, pickling into another process, forks, and exit.
+
+    A client that does not own its server follows it (its backend reconnects after
+    a restart) and never stops it.
+    """
+
+    # What this part uses of the client: RPCServiceBase sets them all.
+    rpc_service_name: str | None
+    rpc_default_port: int | None
+    rpc_backend: str
+    rpc_ray_address: str | None
+    rpc_ray_options: RayOptions | None
+    service_name: str
+    host: str
+    port: int
+    running_unit_tests: bool
+    _rpc_life: Lifecycle
+    _rpc_backend: Backend
+    _rpc_log: logging.Logger
+    _rpc_keeper_obj: ServiceKeeper | None
+
+    @classmethod
+    def _rpc_bare(cls: type[_Shared], service_name: str, port: int, **options: Any) -> _Shared:
+        raise NotImplementedError
+
+    def _rpc_init_transient(self) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def is_owner(self) -> bool:
+        """True in the process that started the server (and restarts and stops it)."""
+        return self._rpc_life.is_owner
+
+    @classmethod
+    def attach(
+        cls: type[_Shared],
+        *,
+        port: int | None = None,
+        service_name: str | None = None,
+        host: str | None = None,
+        authkey_file: str | os.PathLike[str] | None = None,
+        timeout_s: float = 10.0,
+        **options: Any,
+    ) -> _Shared:
+        """A client of a running service that this process does not own.
+
+        On this host the service is found in the service directory by ``port``
+        and/or ``service_name`` (default: the class's ``rpc_service_name``); on
+        another host give ``host``, ``port`` and ``authkey_file``. Raises
+        :class:`~rpcgen.runtime.errors.ServiceNotFound` within ``timeout_s`` if
+        none runs. Its ``shutdown()`` closes only its own connections. The class's
+        ``__init__`` is not called, so any client class works, generated or not.
+        """
+        name = service_name or cls.rpc_service_name
+        found = None
+        if options.setdefault("backend", cls.rpc_backend) == "ray":  # found by name, in Ray
+            if not name:
+                raise ValueError(
+                    f"{cls.__name__}.attach() of a Ray-backed service needs service_name="
+                )
+            options.setdefault("ray_address", cls.rpc_ray_address)
+            options.setdefault("ray_options", cls.rpc_ray_options)
+            port = cls.rpc_default_port or 1
+        else:  # in this host's service directory, or at another host's address
+            found = locate(  # by name on any port, unless a port is given (or there is no name)
+                port=port if port is not None or name else cls.rpc_default_port,
+                service=name,
+                host=host,
+                authkey_file=authkey_file,
+                timeout_s=timeout_s,
+            )
+            name, port = found.service, found.port
+            options.update(found.client_settings(authkey_file))
+        client = cls._rpc_bare(name, port, **options)
+        client._rpc_life.owner_pid = -1
+        client._rpc_backend.attach(found, timeout_s)
+        client._rpc_life.state = ServiceState.RUNNING
+        client._rpc_log.info("%s attached at %s", name, client._rpc_backend.label)
+        return client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self._rpc_life.state
+        if state is ServiceState.DIRECT or self.running_unit_tests:
+            raise NotPicklableError(service=self.service_name)
+        if state is not ServiceState.RUNNING:
+            raise ServiceUnavailable(
+                service=self.service_name,
+                host=self.host,
+                port=self.port,
+                reason="only a running client can be sent to another process "
+                f"(it is {state.value})",
+            )
+        pickled = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
+        pickled["_rpc_health_monitor"] = False
+        pickled["_rpc_handoff"] = self._rpc_backend.handoff()
+        return pickled
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A client of the existing server, which it never owns; it follows restarts.
+        handoff = state.pop("_rpc_handoff")
+        self.__dict__.update(state)
+        self._rpc_init_transient()
+        self._rpc_life.owner_pid = -1
+        self._rpc_backend.follow(handoff)
+        self._rpc_life.state = ServiceState.RUNNING
+
+    def _shutdown_if_owner(self) -> None:
+        """At exit (or when collected): stop the server if this process owns it.
+
+        A forked child inherits this object: it must never stop its parent's server.
+        """
+        if self.is_owner:
+            self.shutdown()
+        else:
+            self._rpc_backend.close()
+
+    def __del__(self) -> None:
+        try:
+            life = getattr(self, "_rpc_life", None)
+            if life is not None and life.state not in (ServiceState.NEW, ServiceState.STOPPED):
+                self._shutdown_if_owner()
+        except Exception:
+            pass
+
+    def _rpc_after_fork(self) -> None:
+        """In a forked child: this copy no longer owns the server; it follows it and
+        must never stop it."""
+        self._rpc_backend.after_fork()
+        if self._rpc_keeper_obj is not None:
+            self._rpc_keeper_obj.after_fork()

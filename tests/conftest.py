@@ -9,6 +9,9 @@ import pytest
 from tests.support.ray_cluster import SKIP_NO_RAY, RayNode, ray_installed, start_node
 from tests.support.waiting import free_port
 
+# Projects kept as they were generated (their tests run inside them, not here).
+collect_ignore = ["fixtures"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # CI runs one module under each start method (fork, spawn, forkserver: 3.14's default).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 import pytest
@@ -137,8 +138,8 @@ def test_background_monitor_restarts_a_killed_server_and_stops_on_shutdown(port:
     notes = RecordingNotifier()
     svc = make(port, health_check_interval_s=0.05, health_monitor=True, notifier=notes)
     try:
-        monitor = svc._rpc_monitor
-        assert monitor is not None and monitor.is_alive()
+        name = f"rpcgen-health-{svc.service_name}"
+        [monitor] = [t for t in threading.enumerate() if t.name == name]
         for _ in range(3):
             old = svc.server_pid
             assert old is not None

@@ -19,7 +19,7 @@ from rpcgen.generator.spec import RaySpec
 from rpcgen.generator.spec_file import load_spec
 from rpcgen.runtime import RayOptions, ServiceError
 from rpcgen.runtime.ray_backend import RayBackend
-from rpcgen.runtime.settings import check_backend
+from rpcgen.runtime.settings import ServiceSettings, check_backend
 from tests.support.project import write
 from tests.support.services import Echo
 
@@ -174,15 +174,8 @@ def test_direct_mode_needs_no_ray() -> None:
 
 def test_a_ray_service_has_no_rpcgen_key_to_rotate() -> None:
     backend = RayBackend(
-        service="Echo",
-        port=1,
+        ServiceSettings(service="Echo", port=1, backend="ray", ray_options=RayOptions()),
         make_server=dict,
-        methods=(),
-        options=RayOptions(),
-        address=None,
-        start_timeout_s=1.0,
-        shutdown_timeout_s=1.0,
-        check_timeout_s=1.0,
         notify=lambda message, level: None,
         log=logging.getLogger("test.ray"),
     )
