@@ -25,7 +25,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
-__all__ = ["AsyncView"]
+__all__ = ["AsyncCaller", "AsyncView"]
 
 ServerT = TypeVar("ServerT")
 _P = ParamSpec("_P")
@@ -33,7 +33,8 @@ _R = TypeVar("_R")
 
 
 class AsyncCaller(Protocol):
-    """What the view needs of its client (an RPCServiceBase): one asyncio call path."""
+    """One asyncio call path: what the view needs of its client (an RPCServiceBase),
+    and what every backend's proxy has (:class:`~rpcgen.runtime.backend.Proxy`)."""
 
     def _rpc_acall(
         self,

@@ -16,9 +16,10 @@ the lifecycle with a fake backend.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from .aio import AsyncCaller
 from .supervise import Probe
 
 __all__ = ["Backend", "CallsByName", "Proxy", "ServerRef"]
@@ -28,8 +29,8 @@ __all__ = ["Backend", "CallsByName", "Proxy", "ServerRef"]
 ServerRef = tuple[int, int]
 
 
-class Proxy(Protocol):
-    """The call signature every backend's proxy shares.
+class Proxy(AsyncCaller, Protocol):
+    """The call signature every backend's proxy shares (``_rpc_acall`` from AsyncCaller).
 
     The names are private because any public name on a proxy is a server method.
     """
@@ -41,14 +42,6 @@ class Proxy(Protocol):
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Any: ...
-
-    def _rpc_acall(
-        self,
-        method: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Awaitable[Any]: ...
 
     def _rpc_close(self) -> None: ...
 

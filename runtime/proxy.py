@@ -159,15 +159,19 @@ class RPCProxy(CallsByName):
         ready = self._rpc_wait_ready if wait_ready else None
         if ready is not None:
             ready(bound)  # a restart is under way: wait for it (bounded), don't fail fast
-        generation = self._rpc_generation
-        try:
-            conn = open_connection(
+
+        def attempt() -> connection.Connection:  # the address and key as they are now
+            return open_connection(
                 self._rpc_address,
                 self._rpc_authkey,
                 service=self._rpc_service,
                 timeout_s=bound,
                 mux=mux,
             )
+
+        generation = self._rpc_generation
+        try:
+            conn = attempt()
         except ServiceAuthenticationError:
             # A restart can put a new server, with a new key, on the port between the
             # wait above and the connect. Then (and only then) wait for the restart to
@@ -176,13 +180,7 @@ class RPCProxy(CallsByName):
                 raise
             ready(bound)
             generation = self._rpc_generation
-            conn = open_connection(
-                self._rpc_address,
-                self._rpc_authkey,
-                service=self._rpc_service,
-                timeout_s=bound,
-                mux=mux,
-            )
+            conn = attempt()
         return conn, generation
 
     def _rpc_wait_with(self, wait_ready: Callable[[float], bool]) -> None:

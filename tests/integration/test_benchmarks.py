@@ -66,3 +66,24 @@ def test_unknown_group_is_a_usage_error() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "unknown benchmark group" in result.stderr
+
+
+def test_the_ab_run_compares_two_trees() -> None:
+    # HEAD is in every clone: side A is the committed tree, side B the working tree.
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "--base", "HEAD", "--rounds", "2", "--starts", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["base"] == "HEAD" and report["rounds"] == 2
+    for key in ("call_us", "start_ms"):
+        assert len(report[key]["round_ratios"]) == 2
+        assert report[key]["A"] > 0 and report[key]["B"] > 0
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "rpcgen-ab-" not in worktrees.stdout  # removed again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import rpcgen.runtime
 
@@ -22,23 +23,25 @@ def test_importing_the_runtime_never_imports_generator_dependencies() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_all_matches_the_public_names() -> None:
+def _public_names(package: ModuleType) -> set[str]:
+    """The package's public names, less its own submodules."""
     # "@py_builtins" & co.: pytest's assertion rewriting, which also covers the modules of
     # a distribution that ships a pytest plugin (ours does), adds them to the namespace.
-    public = {n for n in dir(rpcgen.runtime) if not n.startswith(("_", "@"))}
-    folder = Path(rpcgen.runtime.__file__).parent
-    modules = {p.stem for p in folder.glob("*.py")}
-    assert set(rpcgen.runtime.__all__) == public - modules
+    public = {n for n in dir(package) if not n.startswith(("_", "@"))}
+    assert package.__file__ is not None
+    return public - {p.stem for p in Path(package.__file__).parent.glob("*.py")}
+
+
+def test_all_matches_the_public_names() -> None:
+    assert set(rpcgen.runtime.__all__) == _public_names(rpcgen.runtime)
     assert sorted(rpcgen.runtime.__all__) == list(rpcgen.runtime.__all__)
 
 
 def test_the_generator_exports_its_api_like_the_runtime() -> None:
     import rpcgen.generator
 
-    public = {n for n in dir(rpcgen.generator) if not n.startswith(("_", "@"))}
-    folder = Path(rpcgen.generator.__file__).parent
-    modules = {p.stem for p in folder.glob("*.py")}
-    assert set(rpcgen.generator.__all__) == public - modules
+    public = _public_names(rpcgen.generator)
+    assert set(rpcgen.generator.__all__) == public
     assert sorted(rpcgen.generator.__all__) == list(rpcgen.generator.__all__)
     assert {"generate", "new_service", "plan_generate", "RpcgenError"} <= public
 

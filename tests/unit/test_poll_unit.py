@@ -5,23 +5,11 @@ from __future__ import annotations
 import pytest
 
 from rpcgen.runtime.poll import retry, wait_until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.support.fakes import FakeClock
 
 
 def test_retry_backs_off_until_the_attempt_succeeds() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     seen: list[float] = []
 
     def attempt(remaining: float) -> str:
@@ -37,7 +25,7 @@ def test_retry_backs_off_until_the_attempt_succeeds() -> None:
 
 
 def test_retry_raises_the_last_error_at_the_deadline_without_oversleeping() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
 
     def attempt(remaining: float) -> None:
         raise ConnectionError(f"refused with {remaining:.2f}s left")
@@ -49,7 +37,7 @@ def test_retry_raises_the_last_error_at_the_deadline_without_oversleeping() -> N
 
 
 def test_retry_gives_up_early_and_passes_other_errors_at_once() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     tries: list[int] = []
 
     def refused(_: float) -> None:
@@ -75,9 +63,9 @@ def test_retry_gives_up_early_and_passes_other_errors_at_once() -> None:
 
 
 def test_wait_until_polls_with_backoff_and_reports_the_deadline() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     assert wait_until(lambda: clock.now >= 0.05, timeout_s=1, clock=clock, sleep=clock.sleep)
     assert clock.sleeps == [0.01, 0.02, 0.04]
-    clock = Clock()
+    clock = FakeClock(0.0)
     assert not wait_until(lambda: False, timeout_s=1, clock=clock, sleep=clock.sleep)
     assert clock.now == pytest.approx(1.0) and max(clock.sleeps) == 0.2

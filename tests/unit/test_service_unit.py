@@ -23,19 +23,7 @@ from rpcgen.runtime.backend import Backend, ServerRef
 from rpcgen.runtime.health import FailureKind
 from rpcgen.runtime.process_backend import Secret
 from rpcgen.runtime.supervise import Probe
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.support.fakes import FakeClock
 
 
 class Server:
