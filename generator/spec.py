@@ -1,4 +1,4 @@
-"""The service spec: where it lives, what it may say, and how ``rpcgen new`` edits it.
+"""The service spec's model: what a spec may say, as frozen dataclasses and constants.
 
 The spec lives in ``rpcgen.toml`` at the project root, or in ``[tool.rpcgen]`` of
 ``pyproject.toml`` when that table exists::

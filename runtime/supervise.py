@@ -1,10 +1,13 @@
-"""Supervision: health checks that act, restarts with backoff, and a watch on the process.
+"""Supervision: health checks that act, restarts with backoff, and the threads that watch.
 
 :class:`Supervisor` turns one probe result into counting, notifications and an
 action, and runs restarts with backoff and the flapping guard. It does no I/O of
-its own: the service hands it a ``probe``, a ``restart_once`` (one stop-and-start
+its own: it is handed a ``probe``, a ``restart_once`` (one stop-and-start
 attempt), an ``on_unhealthy`` action, ``notify``, ``clock`` and ``sleep``, so
-unit tests drive it with fakes, as :mod:`rpcgen.runtime.health` is driven.
+unit tests drive it with fakes, as :mod:`rpcgen.runtime.health` is driven
+(:mod:`rpcgen.runtime.keeper` hands it a client's backend). :class:`ProcessWatcher`
+and :class:`HealthMonitor` are the two threads: one waits on the server process,
+one runs the checks on a timer.
 
 Who acts on what:
 
