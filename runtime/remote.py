@@ -10,11 +10,15 @@ the type's name, the message and the traceback.
 
 Either way the server's traceback is chained as the exception's ``__cause__``
 (a :class:`RemoteTraceback`), the way :mod:`concurrent.futures` does it.
+
+Only classes of modules this process has already imported are used: a server's
+exception never makes a client import a module (a module runs code as it is
+imported). An exception of any other class arrives as :class:`RemoteCallError`.
 """
 
 from __future__ import annotations
 
-import importlib
+import io
 import pickle
 import sys
 import traceback
@@ -57,14 +61,25 @@ def pack_exception(exc: BaseException) -> RaisedInfo:
     )
 
 
+class _ImportedOnly(pickle.Unpickler):
+    """Unpickles only what modules already imported here define; imports nothing."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module not in sys.modules:
+            raise pickle.UnpicklingError(f"module {module!r} is not imported in this process")
+        return super().find_class(module, name)
+
+
 def _load(blob: bytes | None) -> Any:
-    return pickle.loads(blob) if blob is not None else None
+    return _ImportedOnly(io.BytesIO(blob)).load() if blob is not None else None
 
 
 def _rebuild(module: str, qualname: str, args_blob: bytes | None, state_blob: bytes | None) -> Any:
     """The same class, made without ``__init__``; None if that is not possible here."""
     try:
-        owner: Any = sys.modules.get(module) or importlib.import_module(module)
+        owner: Any = sys.modules.get(module)
+        if owner is None:
+            return None  # never imported here: importing it would run its code
         for part in qualname.split("."):
             owner = getattr(owner, part)
         if not (isinstance(owner, type) and issubclass(owner, BaseException)):
@@ -87,7 +102,7 @@ def unpack_exception(info: RaisedInfo, *, service: str, method: str) -> BaseExce
     exc: BaseException | None = None
     if blob is not None:
         try:
-            loaded = pickle.loads(blob)
+            loaded = _load(blob)
         except Exception:
             loaded = None
         if isinstance(loaded, BaseException):

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -67,6 +69,24 @@ def test_an_exception_whose_class_is_missing_keeps_type_message_and_traceback(
     assert error.error_message == "raised by a class the client cannot import"
     assert "in local_class_error_rpc" in error.remote_traceback
     assert "raised by a class the client cannot import" in str(error)
+
+
+def test_a_server_exception_never_makes_the_client_import_a_module(
+    port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module runs code as it is imported: a server (or anyone holding the key) must not
+    # be able to make a client import one by naming it in an exception.
+    marks = tmp_path / "imports"
+    monkeypatch.setenv("RPCGEN_TEST_IMPORT_MARKS", str(marks))
+    assert "tests.support.foreign_error" not in sys.modules
+    with Echo(port) as svc:
+        server_pid = svc.server_pid
+        with pytest.raises(RemoteCallError) as info:
+            svc._server_proxy.foreign_error_rpc()
+    assert info.value.error_type == "tests.support.foreign_error.ForeignError"
+    assert info.value.error_message == "from a module the client never imported"
+    assert "tests.support.foreign_error" not in sys.modules
+    assert marks.read_text().split() == [str(server_pid)]  # imported by the server alone
 
 
 def test_a_server_raising_an_rpcgen_error_reaches_the_client_intact(echo: Echo) -> None:

@@ -99,6 +99,11 @@ class EchoServer:
 
         raise OnlyHere("raised by a class the client cannot import")
 
+    def foreign_error_rpc(self) -> None:
+        from tests.support.foreign_error import ForeignError  # imported in the server only
+
+        raise ForeignError("from a module the client never imported")
+
     def service_error_rpc(self) -> None:
         from rpcgen.runtime import ServiceUnavailable
 
