@@ -194,6 +194,9 @@ def list_(root: Annotated[Path, _ROOT] = Path(".")) -> None:
 @app.command(help="List the rpcgen servers running here, and Ray-backed services.")
 def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    all_users: Annotated[
+        bool, typer.Option("--all", help="Show other users' servers too (marked as theirs).")
+    ] = False,
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -210,7 +213,9 @@ def ps(
     from rpcgen.runtime.process import list_servers
     from rpcgen.runtime.ray_cluster import list_cluster_services
 
-    servers = list_servers()
+    everyone = list_servers()
+    servers = everyone if all_users else [s for s in everyone if s.mine]
+    hidden = len(everyone) - len(servers)
     try:
         cluster, actors = list_cluster_services(ray_address)
     except ServiceUnavailable as exc:  # the local list is still worth printing
@@ -226,18 +231,21 @@ def ps(
     if servers:
         typer.echo(
             f"{'service':<24} {'port':>5} {'pid':>7} {'ppid':>7} {'owner':>7} {'gen':>4} "
-            f"{'uptime':>9} {'rss':>9}"
+            f"{'uptime':>9} {'rss':>9}  user"
         )
     for s in servers:
         owner = str(s.owner_pid) if s.owner_alive else f"{s.owner_pid}!"
         rss = f"{s.rss_bytes / 2**20:.1f}M"
         gen = str(s.generation) if s.generation is not None else "-"
+        user = s.user if s.mine else f"{s.user} (another user)"
         typer.echo(
             f"{s.service:<24} {s.port:>5} {s.pid:>7} {s.parent_pid:>7} {owner:>7} {gen:>4} "
-            f"{_duration(s.uptime_s):>9} {rss:>9}"
+            f"{_duration(s.uptime_s):>9} {rss:>9}  {user}"
         )
     if any(not s.owner_alive for s in servers):
         typer.echo("! owner process gone: an orphan (it exits by itself within moments)")
+    if hidden:
+        typer.echo(f"({hidden} server process(es) of other users not shown; --all shows them)")
     if actors:
         typer.echo(f"Ray actors (cluster {cluster}):")
         typer.echo(f"{'service':<24} {'namespace':<12} {'pid':>7} {'node':<15} {'owner':<24}")

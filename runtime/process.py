@@ -376,10 +376,20 @@ class ServerProcess:
     rss_bytes: int
     #: its start generation in the service directory (None: not published there)
     generation: int | None = None
+    #: who runs it: another user's server is not ours to attach to, stop or clean up
+    user: str = ""
+    uid: int = -1
+
+    @property
+    def mine(self) -> bool:
+        return self.uid == os.getuid()
 
     def as_dict(self) -> dict[str, object]:
         return {
             "generation": self.generation,
+            "user": self.user,
+            "uid": self.uid,
+            "mine": self.mine,
             "service": self.service,
             "pid": self.pid,
             "port": self.port,
@@ -394,7 +404,8 @@ class ServerProcess:
 def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
     """Every rpcgen server process on this machine (that we may inspect), by service and port.
 
-    Found by process title; the service directory adds each one's start generation.
+    Found by process title, any user's (any process may set any title: ``mine`` says
+    whether it runs as this user); the service directory adds each one's start generation.
     """
     import psutil
 
@@ -406,7 +417,8 @@ def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
         published = {}
     found: list[ServerProcess] = []
     now = clock()
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "memory_info"]):
+    wanted = ["pid", "ppid", "cmdline", "create_time", "memory_info", "uids", "username"]
+    for proc in psutil.process_iter(wanted):
         info = proc.info
         title = parse_process_title(info.get("cmdline") or [])
         if title is None or proc.pid == os.getpid():
@@ -416,6 +428,8 @@ def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
             owner_alive = bool(title.owner_pid) and psutil.pid_exists(title.owner_pid)
         except (OverflowError, ValueError, psutil.Error):
             continue  # a title that only looks like ours
+        uid = info["uids"].real if info.get("uids") is not None else -1
+        entry = published.get(proc.pid) if uid == os.getuid() else None
         found.append(
             ServerProcess(
                 service=title.service,
@@ -426,7 +440,9 @@ def list_servers(clock: Callable[[], float] = time.time) -> list[ServerProcess]:
                 owner_alive=owner_alive,
                 uptime_s=max(0.0, now - (info.get("create_time") or now)),
                 rss_bytes=memory.rss if memory is not None else 0,
-                generation=published[proc.pid].generation if proc.pid in published else None,
+                generation=entry.generation if entry is not None else None,
+                user=info.get("username") or "?",
+                uid=uid,
             )
         )
     return sorted(found, key=lambda s: (s.service, s.port, s.pid))

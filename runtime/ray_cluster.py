@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 import weakref
@@ -189,18 +190,31 @@ def _reachable(address: str, timeout_s: float) -> bool:
 
 def cluster_address(explicit: str | None = None) -> str | None:
     """The Ray cluster to look at: ``explicit``, ``$RAY_ADDRESS``, or the one ``ray start``
-    recorded on this machine (``/tmp/ray/ray_current_cluster``); None if there is none."""
+    recorded on this machine (``$RAY_TMPDIR/ray_current_cluster``, default ``/tmp/ray``);
+    None if there is none.
+
+    The recorded file is used only if this user owns it: ``/tmp/ray`` is world-writable, so
+    anyone could point this user's ``rpcgen ps`` at a cluster of theirs.
+    """
     if explicit:
         return explicit
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
+    path = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
     try:
-        with open(
-            os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
-        ) as f:
-            recorded = f.read().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return None
+        return None  # none, or a symlink
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            logging.getLogger("rpcgen").warning(
+                "ignoring %s: not a regular file of this user (owner uid %d)", path, info.st_uid
+            )
+            return None
+        recorded = os.read(fd, 4096).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
     return recorded or None
 
 
