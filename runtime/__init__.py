@@ -24,6 +24,7 @@ from .endpoint import Address, Endpoint
 from .errors import (
     BackendNotInstalled,
     CallTimeout,
+    MessageTooLarge,
     NotPicklableError,
     PortInUseError,
     RemoteCallError,
@@ -53,6 +54,7 @@ __all__ = [
     "Endpoint",
     "HealthPolicy",
     "LoggingNotifier",
+    "MessageTooLarge",
     "NotPicklableError",
     "Notifier",
     "PortInUseError",

@@ -10,6 +10,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_HANDSHAKE_TIMEOUT_S",
     "DEFAULT_MAX_CONCURRENT_CALLS",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_RAY_NAMESPACE",
     "MAX_CONCURRENT_CALLS_LIMIT",
 ]
@@ -24,5 +25,8 @@ DEFAULT_MAX_CONCURRENT_CALLS = 32
 MAX_CONCURRENT_CALLS_LIMIT = 1024
 #: Seconds a new connection has to authenticate and send its first request.
 DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+#: The largest request or reply a connection takes (a peer that declares more is
+#: dropped): large arrays travel, and no peer can make either side allocate more.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 #: The Ray namespace of a service's actor unless its options name another.
 DEFAULT_RAY_NAMESPACE = "rpcgen"

@@ -23,6 +23,7 @@ callers' existing ``except`` clauses already catch::
     ├── ServiceAlreadyRunning (RuntimeError)      backend="ray": a live actor of that name
     │                                             has a live owner
     ├── BackendNotInstalled (ImportError)         backend="ray" without ray installed
+    ├── MessageTooLarge (ValueError)              a request or reply over max_message_bytes
     └── ServiceStartError (RuntimeError)          a registry's service failed to start; the
                                                   ones already started were shut down
 
@@ -47,6 +48,7 @@ from typing import Any
 __all__ = [
     "BackendNotInstalled",
     "CallTimeout",
+    "MessageTooLarge",
     "NotPicklableError",
     "PortInUseError",
     "RemoteCallError",
@@ -337,3 +339,15 @@ class ServiceStartError(RuntimeError, ServiceError):
         self.service, self.cause, self.stopped = service, cause, list(stopped)
         undone = f"; shut down again: {', '.join(self.stopped)}" if self.stopped else ""
         super().__init__(f"service {service!r} failed to start: {cause}{undone}")
+
+
+class MessageTooLarge(ValueError, ServiceError):
+    """A request or reply is larger than ``max_message_bytes`` (checked before any of it
+    is sent or buffered). A reply that is too large closes its connection."""
+
+    def __init__(self, *, service: str, what: str, size: int, limit: int) -> None:
+        self.service, self.what, self.size, self.limit = service, what, size, limit
+        super().__init__(
+            f"service {service!r}: a {what} of {size} bytes is over the limit of {limit} "
+            "bytes; pass a larger max_message_bytes to both the client and serve_rpc"
+        )

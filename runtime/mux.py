@@ -24,7 +24,7 @@ from asyncio import get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from .errors import CallTimeout, ServiceStopped
+from .errors import CallTimeout, MessageTooLarge, ServiceStopped
 from .transport import OBJECT_ID
 from .wire import FrameReader, ProtocolError, dumps, looks_big, tagged_frame
 
@@ -54,6 +54,7 @@ class MuxConnection:
         *,
         decode: Callable[[str, bytes], Any],
         lost_error: Callable[[str, BaseException | None], Exception],
+        max_bytes: int,
     ) -> None:
         # Weak: the proxy's table maps the loop (weakly) to us, so a strong reference
         # here would keep every finished asyncio.run() loop, and our fd, alive.
@@ -70,7 +71,7 @@ class MuxConnection:
         self._lost_error = lost_error
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._ids = itertools.count(1)
-        self._reader = FrameReader()
+        self._reader = FrameReader(max_bytes)
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
         self._writer_registered = False
@@ -230,6 +231,7 @@ class MuxClient(Protocol):
     #: bumped when the proxy drops its connections (a restart): older ones are stale
     _rpc_generation: int
     _rpc_closed: bool
+    _rpc_max_message_bytes: int
 
     def _rpc_open_mux(self, timeout_s: float | None) -> tuple[int, int]:
         """Handshake (blocking): a multiplexed connection's fd, and its generation."""
@@ -240,6 +242,8 @@ class MuxClient(Protocol):
     def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception: ...
 
     def _rpc_call_timeout(self, method: str, timeout_s: float) -> CallTimeout: ...
+
+    def _rpc_too_large(self, what: str, size: int) -> MessageTooLarge: ...
 
 
 class LoopConnections:
@@ -270,6 +274,8 @@ class LoopConnections:
         kwargs = kwargs or {}
         big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
         payload = dumps((OBJECT_ID, method, args, kwargs), big)
+        if len(payload) > client._rpc_max_message_bytes:
+            raise client._rpc_too_large("request", len(payload))
         loop = get_running_loop()
         conn = self.last
         if conn is None or conn._loop() is not loop:
@@ -361,6 +367,7 @@ class LoopConnections:
             generation,
             decode=client._rpc_decode,
             lost_error=client._rpc_transport_error,
+            max_bytes=client._rpc_max_message_bytes,
         )
         with self.lock:
             # The proxy sets _rpc_closed before it closes us (under this lock): a

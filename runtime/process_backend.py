@@ -186,6 +186,7 @@ class ProcessBackend:
             address=self.settings.endpoint.address,
             authkey=key,
             connect_timeout_s=self.settings.connect_timeout_s,
+            max_message_bytes=self.settings.max_message_bytes,
             wait_ready=(
                 self.life.not_restarting.wait if self.life.is_owner else self._follow_directory
             ),

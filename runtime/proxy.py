@@ -20,9 +20,11 @@ from multiprocessing import connection
 from typing import TYPE_CHECKING, Any
 
 from .backend import CallsByName
+from .constants import DEFAULT_MAX_MESSAGE_BYTES
 from .endpoint import Address
 from .errors import (
     CallTimeout,
+    MessageTooLarge,
     RemoteCallError,
     ServiceAuthenticationError,
     ServiceStopped,
@@ -30,7 +32,7 @@ from .errors import (
 )
 from .remote import unpack_exception
 from .transport import OBJECT_ID, describe, open_connection
-from .wire import dumps, looks_big, recv_message, send_message
+from .wire import ProtocolError, TooLarge, dumps, looks_big, recv_message, send_message
 
 if TYPE_CHECKING:
     from .mux import LoopConnections
@@ -88,8 +90,10 @@ class RPCProxy(CallsByName):
         authkey: bytes,
         connect_timeout_s: float = 10.0,
         wait_ready: Callable[[float], bool] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._rpc_service = service
+        self._rpc_max_message_bytes = max_message_bytes
         self._rpc_address = address
         self._rpc_authkey = authkey
         self._rpc_connect_timeout_s = connect_timeout_s
@@ -257,6 +261,9 @@ class RPCProxy(CallsByName):
         kwargs = kwargs or {}
         big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
         payload = dumps((OBJECT_ID, method, args, kwargs), big)  # errors here: no I/O yet
+        limit = self._rpc_max_message_bytes
+        if len(payload) > limit:
+            raise self._rpc_too_large("request", len(payload))
         conn = self._rpc_connection(timeout_s=timeout_s)
         try:
             send_message(conn.fileno(), payload)
@@ -264,7 +271,13 @@ class RPCProxy(CallsByName):
             if timeout_s is not None and not conn.poll(timeout_s):
                 reply = None
             else:
-                reply = recv_message(conn.fileno())
+                reply = recv_message(conn.fileno(), limit)
+        except TooLarge as exc:  # nothing of it was read: the connection is out of step
+            self._rpc_discard(conn)
+            raise self._rpc_too_large("reply", exc.size) from None
+        except ProtocolError as exc:
+            self._rpc_discard(conn)
+            raise self._rpc_transport_error(method, exc) from exc
         except (OSError, EOFError) as exc:
             self._rpc_discard(conn)
             raise self._rpc_transport_error(method, exc) from exc
@@ -300,6 +313,11 @@ class RPCProxy(CallsByName):
                     self._rpc_loops = LoopConnections()
                 loops = self._rpc_loops
         return loops.call(self, method, args, kwargs, timeout_s)
+
+    def _rpc_too_large(self, what: str, size: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            service=self._rpc_service, what=what, size=size, limit=self._rpc_max_message_bytes
+        )
 
     def _rpc_call_timeout(self, method: str, timeout_s: float) -> CallTimeout:
         host, port = describe(self._rpc_address)
@@ -351,12 +369,26 @@ class RPCProxy(CallsByName):
         # The authkey travels explicitly: a pickled proxy must be able to authenticate.
         return (
             _rebuild_proxy,
-            (self._rpc_service, self._rpc_address, self._rpc_authkey, self._rpc_connect_timeout_s),
+            (
+                self._rpc_service,
+                self._rpc_address,
+                self._rpc_authkey,
+                self._rpc_connect_timeout_s,
+                self._rpc_max_message_bytes,
+            ),
         )
 
 
-def _rebuild_proxy(service: str, address: Address, authkey: bytes, timeout_s: float) -> RPCProxy:
-    return RPCProxy(service=service, address=address, authkey=authkey, connect_timeout_s=timeout_s)
+def _rebuild_proxy(
+    service: str, address: Address, authkey: bytes, timeout_s: float, max_bytes: int
+) -> RPCProxy:
+    return RPCProxy(
+        service=service,
+        address=address,
+        authkey=authkey,
+        connect_timeout_s=timeout_s,
+        max_message_bytes=max_bytes,
+    )
 
 
 def _shutdown_and_close(conn: connection.Connection) -> None:

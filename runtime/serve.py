@@ -27,7 +27,11 @@ from typing import Any, cast
 import setproctitle
 
 from .announce import Settable, process_title
-from .constants import DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_MAX_CONCURRENT_CALLS
+from .constants import (
+    DEFAULT_HANDSHAKE_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+)
 from .endpoint import Address, Endpoint
 from .remote import pack_exception
 from .transport import OBJECT_ID, SERIALIZER, set_recv_timeout
@@ -68,6 +72,7 @@ class _RPCServer(managers.Server):
         typeid: str,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         # Registering the typeid too lets a plain BaseManager client (register +
         # connect + manager.<typeid>()) reach the same object.
@@ -81,6 +86,7 @@ class _RPCServer(managers.Server):
         self.stop_event = threading.Event()
         self.handshake_timeout_s = handshake_timeout_s
         self.max_concurrent_calls = max_concurrent_calls
+        self.max_message_bytes = max_message_bytes
 
     def accepter(self) -> None:
         """Accept connections, each served in its own thread (as the stock loop does).
@@ -139,9 +145,13 @@ class _RPCServer(managers.Server):
         fd = conn.fileno()
         stop = self.stop_event
         answer = self._answer
+        limit = self.max_message_bytes
         while not stop.is_set():
             try:
-                request = recv_message(fd)
+                request = recv_message(fd, limit)
+            except ProtocolError as exc:
+                logger.warning("dropping a connection: %s", exc)
+                return
             except (EOFError, OSError):
                 return
             try:
@@ -207,6 +217,9 @@ class _RPCServer(managers.Server):
 _loads = pickle.loads
 # Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
 _READ_SIZE = 1 << 16
+# Replies waiting to be written to a peer: past this, the peer's requests are not read
+# until it reads its replies (a peer that never reads cannot grow the server's memory).
+_OUTBOX_HIGH = 8 << 20
 
 
 class _MuxSession:
@@ -219,7 +232,8 @@ class _MuxSession:
     costs no hand-off between threads, many run at once, and a slow call never stops
     the connection from being read. At the limit the token waits its turn like a
     request: reading pauses until a thread is free. Replies that finish while another
-    is being written go out with it, in one system call.
+    is being written go out with it, in one system call. Reading pauses too while more
+    than ``_OUTBOX_HIGH`` bytes of replies wait for a peer that does not read them.
     """
 
     def __init__(self, server: _RPCServer, fd: int) -> None:
@@ -231,8 +245,10 @@ class _MuxSession:
         self.workers: list[threading.Thread] = []
         self.idle = 0  # threads waiting that no queued item has claimed yet
         self.backlog = 0  # queued items that no thread has claimed yet
-        self.reader = FrameReader()
+        self.reader = FrameReader(server.max_message_bytes)
         self.outbox: list[bytes | memoryview] = []
+        self.unsent = 0  # bytes of replies queued or being written
+        self.drained = threading.Condition(self.lock)
         self.writing = False
         self.broken = False
 
@@ -277,6 +293,11 @@ class _MuxSession:
         """At least one request; None at EOF, on an error, or on a bad frame."""
         stop = self.server.stop_event
         while not stop.is_set():
+            with self.lock:
+                while self.unsent > _OUTBOX_HIGH and not self.broken and not stop.is_set():
+                    self.drained.wait(0.5)
+                if self.broken:
+                    return None
             try:
                 data = os.read(self.fd, _READ_SIZE)
             except OSError:
@@ -311,8 +332,10 @@ class _MuxSession:
             worker.start()
 
     def _send(self, pieces: list[bytes | memoryview]) -> None:
+        size = sum(len(piece) for piece in pieces)
         with self.lock:
             self.outbox.extend(pieces)
+            self.unsent += size
             if self.writing:
                 return  # the writer takes these with its next batch
             self.writing = True
@@ -327,6 +350,11 @@ class _MuxSession:
             except OSError:
                 with self.lock:
                     self.broken = True  # the client is gone: the leader sees EOF
+                    self.drained.notify_all()
+            else:
+                with self.lock:
+                    self.unsent -= sum(len(piece) for piece in batch)
+                    self.drained.notify_all()
 
 
 _LEAD = object()  # the queued token that makes a thread the connection's reader
@@ -383,6 +411,7 @@ def serve_rpc(
     owner_pid: int | None = None,
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> None:
     """Serve ``server`` on ``address`` until shut down; call it in the server process.
 
@@ -396,7 +425,8 @@ def serve_rpc(
     Server objects are called from several threads at once: BaseManager serves
     each client connection in its own thread, and the calls in flight on one
     asyncio client's connection run concurrently too, up to
-    ``max_concurrent_calls`` at a time (more wait their turn).
+    ``max_concurrent_calls`` at a time (more wait their turn). A connection that sends
+    a request over ``max_message_bytes`` is dropped before anything is allocated for it.
     """
     if owner_pid is None:
         parent = multiprocessing.parent_process()
@@ -407,7 +437,13 @@ def serve_rpc(
         if isinstance(server, type):
             server = server()
         rpc_server = _RPCServer(
-            server, address, authkey, service_name, handshake_timeout_s, max_concurrent_calls
+            server,
+            address,
+            authkey,
+            service_name,
+            handshake_timeout_s,
+            max_concurrent_calls,
+            max_message_bytes,
         )
     except BaseException as exc:
         fail = getattr(server_ready, "fail", None)

@@ -28,7 +28,11 @@ from .aio import AsyncView
 from .announce import ReadySignal
 from .backend import Backend
 from .backends import ClientHooks, make_backend
-from .constants import DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_MAX_CONCURRENT_CALLS
+from .constants import (
+    DEFAULT_HANDSHAKE_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+)
 from .endpoint import Address, Endpoint
 from .errors import (
     ServiceError,
@@ -120,6 +124,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         socket_dir: str | os.PathLike[str] | None = None,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         authkey_file: str | os.PathLike[str] | None = None,
         backend: str = "process",
         ray_address: str | None = None,
@@ -134,6 +139,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             authkey_file=authkey_file,
             handshake_timeout_s=handshake_timeout_s,
             max_concurrent_calls=max_concurrent_calls,
+            max_message_bytes=max_message_bytes,
             backend=backend,
             ray_address=ray_address,
             ray_options=ray_options,
@@ -160,6 +166,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         self.shutdown_timeout_s = shutdown_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
         self.max_concurrent_calls = max_concurrent_calls
+        self.max_message_bytes = max_message_bytes
         self.health_policy = HealthPolicy(
             interval_s=health_check_interval_s,
             max_consecutive_failures=max_consecutive_failures,
@@ -221,6 +228,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             connect_timeout_s=self.connect_timeout_s,
             shutdown_timeout_s=self.shutdown_timeout_s,
             check_timeout_s=self.health_policy.check_timeout_s,
+            max_message_bytes=self.max_message_bytes,
             backend="direct" if self.running_unit_tests else self.backend,
             direct_pickle=self.direct_mode_pickle,
             ray_address=self.ray_address,
@@ -271,6 +279,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             owner_pid=self._rpc_life.owner_pid,
             handshake_timeout_s=self.handshake_timeout_s,
             max_concurrent_calls=self.max_concurrent_calls,
+            max_message_bytes=self.max_message_bytes,
         )
 
     def _launch_server_process(self, target: Callable[..., Any], *args: Any) -> BaseProcess:

@@ -21,6 +21,7 @@ from .constants import (
     BACKENDS,
     DEFAULT_HANDSHAKE_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RAY_NAMESPACE,
     MAX_CONCURRENT_CALLS_LIMIT,
 )
@@ -148,6 +149,7 @@ def check_client_settings(
     authkey_file: str | os.PathLike[str] | None,
     handshake_timeout_s: float,
     max_concurrent_calls: int,
+    max_message_bytes: int,
     backend: str,
     ray_address: str | None,
     ray_options: RayOptions | None,
@@ -157,6 +159,14 @@ def check_client_settings(
         raise ValueError(f"service_name must be an identifier, got {service!r}")
     if not 0 < port < 65536:
         raise ValueError(f"port must be 1-65535 for service {service!r}, got {port}")
+    if (
+        not isinstance(max_message_bytes, int)
+        or isinstance(max_message_bytes, bool)
+        or max_message_bytes < 1024
+    ):
+        raise ValueError(
+            f"max_message_bytes must be an integer of at least 1024, got {max_message_bytes!r}"
+        )
     if transport not in ("tcp", "unix"):
         raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
     if transport == "tcp" and not is_loopback(host) and authkey_file is None:
@@ -172,6 +182,7 @@ def check_client_settings(
             "authkey_file": authkey_file is not None,
             "handshake_timeout_s": handshake_timeout_s != DEFAULT_HANDSHAKE_TIMEOUT_S,
             "max_concurrent_calls": max_concurrent_calls != DEFAULT_MAX_CONCURRENT_CALLS,
+            "max_message_bytes": max_message_bytes != DEFAULT_MAX_MESSAGE_BYTES,
         },
     )
 
@@ -231,6 +242,8 @@ class ServiceSettings:
     connect_timeout_s: float = 10.0
     shutdown_timeout_s: float = 2.0
     check_timeout_s: float = 5.0
+    #: the largest request or reply this client sends or takes
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: "direct" (running_unit_tests), or a name from BACKENDS
     backend: str = "process"
     #: direct mode: every argument, result and error through pickle, as over RPC

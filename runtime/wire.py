@@ -15,10 +15,13 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from .constants import DEFAULT_MAX_MESSAGE_BYTES
+
 __all__ = [
     "PROTOCOL",
     "FrameReader",
     "ProtocolError",
+    "TooLarge",
     "dumps",
     "looks_big",
     "recv_message",
@@ -95,6 +98,9 @@ def dumps(obj: Any, big: bool) -> bytes | memoryview:
 _HEADER = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 _SMALL = 16384
+# A large message's buffer starts at this size and doubles as its bytes arrive: a peer
+# that declares a size it never sends costs nothing (realloc grows it in place).
+_FIRST = 1 << 20
 
 
 def send_message(fd: int, data: bytes | memoryview) -> None:
@@ -117,26 +123,37 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
             sent += os.write(fd, view[sent:])
 
 
-def recv_message(fd: int) -> bytes | bytearray:
-    """One message's bytes; EOFError when the peer closed the connection."""
+def recv_message(fd: int, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes | bytearray:
+    """One message's bytes; EOFError when the peer closed the connection.
+
+    :class:`ProtocolError` for a message over ``max_bytes`` (nothing is allocated for it).
+    """
     header = os.read(fd, 4)
     if len(header) < 4:
         header = _read_rest(fd, header, 4)
     (n,) = _HEADER.unpack(header)
     if n == -1:
         (n,) = _LONG.unpack(_read_rest(fd, b"", 8))
+    if n < 0:
+        raise ProtocolError(f"bad message length {n}")
+    if n > max_bytes:
+        raise TooLarge(n, max_bytes)
     if n <= _SMALL:
         data = os.read(fd, n)
         return data if len(data) == n else _read_rest(fd, data, n)
-    buffer = bytearray(n)  # one allocation, filled in place
-    view = memoryview(buffer)
+    buffer = bytearray(min(n, _FIRST))
     got = 0
-    while got < n:
-        k = os.readv(fd, [view[got:]])
-        if k == 0:
-            raise EOFError("connection closed mid-message")
-        got += k
-    return buffer
+    while True:
+        view = memoryview(buffer)
+        while got < len(buffer):
+            k = os.readv(fd, [view[got:]])
+            if k == 0:
+                raise EOFError("connection closed mid-message")
+            got += k
+        view.release()
+        if got == n:
+            return buffer
+        buffer.extend(bytes(min(len(buffer), n - len(buffer))))
 
 
 def _read_rest(fd: int, start: bytes, n: int) -> bytes:
@@ -165,7 +182,15 @@ _IOV_MAX = 512
 
 
 class ProtocolError(ValueError):
-    """The peer sent bytes that are not a tagged frame."""
+    """The peer sent bytes that are not a message or a tagged frame."""
+
+
+class TooLarge(ProtocolError):
+    """The peer declared a message over the limit (nothing was allocated for it)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"a message of {size} bytes is over the limit of {limit}")
 
 
 def tagged_frame(ident: int, body: bytes | memoryview) -> list[bytes | memoryview]:
@@ -189,12 +214,17 @@ def write_frames(fd: int, pieces: list[bytes | memoryview]) -> None:
 
 
 class FrameReader:
-    """Splits a byte stream into tagged frames: feed it what ``read()`` returned."""
+    """Splits a byte stream into tagged frames: feed it what ``read()`` returned.
 
-    __slots__ = ("_pending",)
+    A frame over ``max_bytes`` is a :class:`ProtocolError`; what is buffered grows only
+    as bytes arrive.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_max", "_pending")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._pending = bytearray()
+        self._max = max_bytes
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Every complete frame now available, as (request id, pickle bytes)."""
@@ -218,6 +248,8 @@ class FrameReader:
                 start += 8
             elif n < 0:
                 raise ProtocolError(f"bad frame length {n}")
+            if n > self._max:
+                raise TooLarge(n, self._max)
             if n < _ID.size:
                 raise ProtocolError(f"frame of {n} bytes has no request id")
             if end - start < n:

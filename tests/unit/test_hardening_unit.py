@@ -54,6 +54,9 @@ SAMPLES: dict[str, Any] = {
     "ServiceStartError": runtime_errors.ServiceStartError(
         service="S", cause=ValueError("bad config"), stopped=["A", "B"]
     ),
+    "MessageTooLarge": runtime_errors.MessageTooLarge(
+        service="S", what="reply", size=2**31, limit=2**30
+    ),
     "RpcgenError": generator_errors.RpcgenError("plain"),
     "SpecError": SpecError([SpecIssue("rpcgen.toml", "bad", service="S", field="port")]),
     "SpecIssue": None,  # not an exception
