@@ -24,6 +24,7 @@ from .endpoint import Address, Endpoint
 from .errors import (
     BackendNotInstalled,
     CallTimeout,
+    KeyFileError,
     MessageTooLarge,
     NotPicklableError,
     PortInUseError,
@@ -53,6 +54,7 @@ __all__ = [
     "CallTimeout",
     "Endpoint",
     "HealthPolicy",
+    "KeyFileError",
     "LoggingNotifier",
     "MessageTooLarge",
     "NotPicklableError",

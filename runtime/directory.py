@@ -7,7 +7,8 @@ One folder per user, ``$XDG_RUNTIME_DIR/rpcgen`` or ``/tmp/rpcgen-<uid>`` (mode
   time, owner pid, a start generation (one more at every restart), and the key
   file's path. The owner writes it atomically once its server is ready, and
   removes it when it stops the server for good.
-* ``<Service>-<port>.key`` (0600): the service's authkey, 32 random bytes, kept
+* ``<Service>-<port>.key`` (0600): the service's authkey, 32 random bytes (in the
+  form :mod:`rpcgen.runtime.keyfile` reads and writes), kept
   across restarts so that every client (pickled, forked, attached, held by
   another server) reconnects after a restart with the key it has.
 
@@ -25,7 +26,6 @@ import contextlib
 import json
 import os
 import secrets
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,20 +36,15 @@ from .errors import ServiceNotFound
 from .transport import default_socket_dir
 
 __all__ = [
-    "KEY_BYTES",
     "DirectoryEntry",
     "directory_folder",
     "entries",
-    "load_or_create_key",
     "lookup",
     "proc_stat",
     "publish",
-    "read_key",
     "wait_for_entry",
     "withdraw",
 ]
-
-KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -118,8 +113,9 @@ def directory_folder(folder: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # A random name, created new, never through a symlink: nobody can guess or plant it.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -237,49 +233,3 @@ def wait_for_entry(
             raise ServiceNotFound(service=service, port=port, timeout_s=timeout_s)
         sleep(delay)
         delay = min(delay * 2, 0.05)
-
-
-def _check_key_file(path: Path, info: os.stat_result) -> None:
-    if info.st_uid != os.getuid():
-        raise PermissionError(f"authkey file {path} belongs to uid {info.st_uid}, not to this user")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise PermissionError(
-            f"authkey file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}); "
-            f"run: chmod 600 {path}"
-        )
-
-
-def read_key(path: str | os.PathLike[str]) -> bytes:
-    """The key in ``path``; refused unless this user owns it and only this user can read it."""
-    key_path = Path(path)
-    fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        _check_key_file(key_path, os.fstat(fd))
-        key = os.read(fd, 1024)
-    finally:
-        os.close(fd)
-    if len(key) < 16:
-        raise PermissionError(f"authkey file {key_path} holds {len(key)} bytes; expected 32")
-    return key
-
-
-def load_or_create_key(path: str | os.PathLike[str]) -> bytes:
-    """The key in ``path``, or a fresh one written there (0600) if it does not exist."""
-    key_path = Path(path)
-    try:
-        fd = os.open(
-            key_path,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
-            0o600,
-        )
-    except FileExistsError:
-        return read_key(key_path)
-    key = secrets.token_bytes(KEY_BYTES)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
-
-
-def write_key(path: Path, key: bytes) -> None:
-    """Replace ``path`` with ``key`` atomically (0600)."""
-    _atomic_write(path, key)

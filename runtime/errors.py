@@ -8,6 +8,7 @@ callers' existing ``except`` clauses already catch::
     │   ├── CallTimeout (TimeoutError)            no reply within the call's timeout
     │   └── ServiceNotFound                       attach(): no such service runs here
     ├── ServiceAuthenticationError (multiprocessing.AuthenticationError)
+    ├── KeyFileError (PermissionError)            a key file that is not safe or not a key
     ├── RemoteCallError (RuntimeError)            server failed outside the method, or its
     │                                             exception cannot be rebuilt here
     ├── RemoteTraceback                           the server-side traceback, set as the
@@ -41,6 +42,7 @@ calling ``__init__`` again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from multiprocessing import AuthenticationError
 from typing import Any
@@ -48,6 +50,7 @@ from typing import Any
 __all__ = [
     "BackendNotInstalled",
     "CallTimeout",
+    "KeyFileError",
     "MessageTooLarge",
     "NotPicklableError",
     "PortInUseError",
@@ -351,3 +354,12 @@ class MessageTooLarge(ValueError, ServiceError):
             f"service {service!r}: a {what} of {size} bytes is over the limit of {limit} "
             "bytes; pass a larger max_message_bytes to both the client and serve_rpc"
         )
+
+
+class KeyFileError(PermissionError, ServiceError):
+    """A key file was refused: not a regular file of this user, readable by others, or
+    not a key (see :mod:`rpcgen.runtime.keyfile`)."""
+
+    def __init__(self, *, path: str | os.PathLike[str], problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = os.fspath(path), problem, fix
+        super().__init__(f"authkey file {self.path}: {problem}; {fix}")

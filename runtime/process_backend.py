@@ -24,7 +24,7 @@ from multiprocessing import process as mp_process
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from . import directory
+from . import directory, keyfile
 from .announce import ReadySignal
 from .backend import ServerRef
 from .endpoint import Address, Endpoint
@@ -101,9 +101,9 @@ class ProcessBackend:
         """
         if self._key is None:
             if self.settings.authkey_file is not None:
-                key = directory.load_or_create_key(self.settings.authkey_file)
+                key = keyfile.create_key_file(self.settings.authkey_file)
             else:
-                key = secrets.token_bytes(directory.KEY_BYTES)
+                key = secrets.token_bytes(keyfile.KEY_BYTES)
             self._key = Secret(key)
         return self._key.value
 
@@ -115,9 +115,9 @@ class ProcessBackend:
     def forget_key(self) -> None:
         """Drop the key; remove the directory's key file only if it still holds ours."""
         if self.settings.authkey_file is None and self._key is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # KeyFileError too: then it is not ours
                 path = self._key_path()
-                if path.read_bytes() == self._key.value:
+                if keyfile.read_key(path) == self._key.value:
                     path.unlink()
         self._key = None
 
@@ -141,7 +141,7 @@ class ProcessBackend:
             self.server = (pid, generation)
             return
         if settings.authkey_file is None:  # the key first: an entry never names a missing key
-            directory.write_key(self._key_path(), self.key())
+            keyfile.write_key(self._key_path(), self.key())
         directory.publish(
             directory.DirectoryEntry(
                 service=settings.service,
@@ -172,7 +172,7 @@ class ProcessBackend:
         if (entry.pid, entry.generation) != self.server:
             self.server = (entry.pid, entry.generation)
             proxy = self.proxy
-            key = directory.read_key(entry.key_file)
+            key = keyfile.read_key(entry.key_file)
             if proxy is not None and self._key is not None and key != self._key.value:
                 self._key = Secret(key)  # rotated by its owner
                 proxy._rpc_rebind(settings.endpoint.address, key)

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .announce import parse_process_title
-from .directory import DirectoryEntry, lookup, read_key, wait_for_entry
+from .directory import DirectoryEntry, lookup, wait_for_entry
 from .endpoint import Endpoint
 from .errors import NotPicklableError, ServiceNotFound, ServiceUnavailable
+from .keyfile import read_key
 from .lifecycle import Lifecycle, ServiceState
 from .poll import wait_until
 from .settings import RayOptions, is_loopback

@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 import socket
+import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -164,19 +165,21 @@ def rpcgen_free_port() -> int:
     return free_port()
 
 
-class _AsyncioBackend:
-    """Registered at configure time, after anyio's plugin, so its fixture wins."""
+def _asyncio_only() -> str:
+    """Async tests (``@pytest.mark.anyio``) run on asyncio: ``client.aio`` is asyncio's.
 
-    @pytest.fixture(scope="module")
-    def anyio_backend(self) -> str:
-        """Async tests (``@pytest.mark.anyio``) run on asyncio: ``client.aio`` is asyncio's.
-
-        anyio's own fixture would also run them on trio wherever trio is installed. A
-        project's own ``anyio_backend`` fixture (in a conftest.py) still overrides this.
-        """
-        return "asyncio"
+    anyio's own fixture would also run them on trio wherever trio is installed. A
+    project's own ``anyio_backend`` fixture (in a conftest.py) still overrides this.
+    """
+    return "asyncio"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Registered at configure time, after anyio's plugin, so that this fixture wins. A
+    # module, not an object with a fixture method: pytest 9.2 deprecates those.
     if not config.pluginmanager.has_plugin("rpcgen-asyncio-backend"):
-        config.pluginmanager.register(_AsyncioBackend(), "rpcgen-asyncio-backend")
+        holder = types.ModuleType("rpcgen_asyncio_backend")
+        holder.anyio_backend = pytest.fixture(scope="module", name="anyio_backend")(  # type: ignore[attr-defined]
+            _asyncio_only
+        )
+        config.pluginmanager.register(holder, "rpcgen-asyncio-backend")

@@ -63,7 +63,7 @@ def test_the_key_is_kept_across_restarts_and_published_for_this_user(port: int) 
         key = process_backend(svc).key()
         entry = lookup(port=port, service="Echo")
         assert entry is not None and entry.pid == svc.server_pid and entry.generation == 1
-        assert Path(entry.key_file).read_bytes() == key
+        assert Path(entry.key_file).read_bytes() == key.hex().encode() + b"\n"
         assert oct(Path(entry.key_file).stat().st_mode & 0o777) == "0o600"
         assert oct(directory_folder().stat().st_mode & 0o777) == "0o700"
         assert key.hex() not in Path(directory_folder() / f"Echo-{port}.json").read_text()
@@ -250,7 +250,8 @@ def test_a_loose_key_file_is_refused(port: int, tmp_path: Path, problem: str) ->
 def test_a_missing_key_file_is_created_with_a_fresh_key(port: int, tmp_path: Path) -> None:
     key = tmp_path / "new.key"
     with Echo(port, authkey_file=key) as svc:
-        assert oct(key.stat().st_mode & 0o777) == "0o600" and len(key.read_bytes()) == 32
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        assert len(bytes.fromhex(key.read_text())) == 32  # 64 hex digits and a newline
         other = Echo.attach(port=port, authkey_file=key)
         assert other.echo("shared") == "shared"
         other.shutdown()

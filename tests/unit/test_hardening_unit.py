@@ -57,6 +57,9 @@ SAMPLES: dict[str, Any] = {
     "MessageTooLarge": runtime_errors.MessageTooLarge(
         service="S", what="reply", size=2**31, limit=2**30
     ),
+    "KeyFileError": runtime_errors.KeyFileError(
+        path="/keys/svc.key", problem="it is readable by others (mode 644)", fix="chmod 600"
+    ),
     "RpcgenError": generator_errors.RpcgenError("plain"),
     "SpecError": SpecError([SpecIssue("rpcgen.toml", "bad", service="S", field="port")]),
     "SpecIssue": None,  # not an exception
