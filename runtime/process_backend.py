@@ -243,9 +243,11 @@ class ProcessBackend:
         return process.pid
 
     def connect(self, proxy: RPCProxy, process: BaseProcess | None, timeout_s: float) -> None:
-        """Open this thread's connection, retrying with backoff under a deadline."""
+        """Open this thread's connection, retrying with backoff under a deadline that
+        bounds each attempt's handshake too."""
         retry(
-            lambda _: proxy._rpc_connection(wait_ready=False),  # we are the start/attach
+            # wait_ready=False: we are the start (or attach): nothing to wait for
+            lambda remaining: proxy._rpc_connection(wait_ready=False, timeout_s=remaining),
             retry_on=ServiceUnavailable,
             timeout_s=timeout_s,
             clock=self.clock,
@@ -407,10 +409,7 @@ class ProcessBackend:
         entry = found.entry
         self.follow((Secret(found.key), (entry.pid, entry.generation) if entry else (0, 0)))
         assert self.proxy is not None
-        try:
-            self.proxy._rpc_connection(wait_ready=False)
-        except ServiceUnavailable:  # a stale entry, or a restart under way: wait for it
-            self.connect(self.proxy, None, timeout_s)
+        self.connect(self.proxy, None, timeout_s)  # a restart under way: wait for it
 
     def close(self) -> None:
         if self.proxy is not None:

@@ -159,7 +159,9 @@ class RPCProxy(CallsByName):
     ) -> tuple[connection.Connection, int]:
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
-        bound = min(self._rpc_connect_timeout_s, timeout_s or self._rpc_connect_timeout_s)
+        bound = self._rpc_connect_timeout_s
+        if timeout_s is not None:
+            bound = min(bound, max(timeout_s, 0.001))
         ready = self._rpc_wait_ready if wait_ready else None
         if ready is not None:
             ready(bound)  # a restart is under way: wait for it (bounded), don't fail fast

@@ -80,8 +80,9 @@ def locate(
         return Located(service or "remote", port, (host, port), read_key(authkey_file), None)
     if port is None and service is None:
         raise TypeError("attach() needs port= or service_name=")
-    # Connecting with the key proves the server is live: the caller checks only if that fails.
-    entry = lookup(port=port, service=service, check_live=False)
+    # Live first: a client never connects to (and so never answers) whatever took the
+    # port of a server that is gone.
+    entry = lookup(port=port, service=service)
     if entry is None:
         entry = wait_for_entry(port=port, service=service, timeout_s=timeout_s)
     address = entry.address if isinstance(entry.address, str) else (entry.host, entry.port)
@@ -225,9 +226,13 @@ class SharedClient:
         and/or ``service_name`` (default: the class's ``rpc_service_name``); on
         another host give ``host``, ``port`` and ``authkey_file``. Raises
         :class:`~rpcgen.runtime.errors.ServiceNotFound` within ``timeout_s`` if
-        none runs. Its ``shutdown()`` closes only its own connections. The class's
-        ``__init__`` is not called, so any client class works, generated or not.
+        none runs: a server that is gone is seen in the directory, before anything is
+        sent to whatever holds its port now. ``timeout_s`` bounds the whole call, a
+        server that does not answer included (:class:`ServiceUnavailable`). Its
+        ``shutdown()`` closes only its own connections. The class's ``__init__`` is
+        not called, so any client class works, generated or not.
         """
+        deadline = time.monotonic() + timeout_s
         name = service_name or cls.rpc_service_name
         found = None
         if options.setdefault("backend", cls.rpc_backend) == "ray":  # found by name, in Ray
@@ -250,7 +255,7 @@ class SharedClient:
             options.update(found.client_settings(authkey_file))
         client = cls._rpc_bare(name, port, **options)
         client._rpc_life.owner_pid = -1
-        client._rpc_backend.attach(found, timeout_s)
+        client._rpc_backend.attach(found, max(deadline - time.monotonic(), 0.05))
         client._rpc_life.state = ServiceState.RUNNING
         client._rpc_log.info("%s attached at %s", name, client._rpc_backend.label)
         return client

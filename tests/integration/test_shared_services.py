@@ -9,16 +9,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rpcgen.runtime import PortInUseError, ServiceNotFound
+from rpcgen.runtime import PortInUseError, ServiceNotFound, ServiceUnavailable
 from rpcgen.runtime.directory import directory_folder, lookup
-from rpcgen.runtime.process import list_servers
+from rpcgen.runtime.process import list_servers, port_is_free
 from tests.support.internals import process_backend
 from tests.support.procs import ROOT, python_process, read_line
 from tests.support.services import Echo
@@ -312,3 +314,40 @@ def test_an_unusable_service_directory_does_not_stop_a_service(
     assert list((runtime_dir / "rpcgen").iterdir()) == []
     with pytest.raises(PermissionError, match="mode 0700"):
         Echo.attach(port=port, timeout_s=0.2)
+
+
+def test_attach_never_talks_to_what_took_the_port_of_a_dead_server(port: int) -> None:
+    # The owner is SIGKILLed, its server exits (it watches its owner), and another
+    # program takes the port. attach() sees in the directory that the server is gone:
+    # it never connects, so the squatter gets no HMAC answer, nor anything else.
+    with python_process("-m", "tests.support.owner_script", str(port), "fork") as owner:
+        server_pid = int(read_line(owner) or 0)
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+    wait_until(lambda: not pid_alive(server_pid), timeout=10, what="the orphan to exit")
+    wait_until(lambda: port_is_free("127.0.0.1", port), timeout=10, what="the port")
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        squatter.setblocking(False)
+        started = time.monotonic()
+        with pytest.raises(ServiceNotFound):
+            Echo.attach(port=port, timeout_s=1)
+        assert time.monotonic() - started < 3
+        with pytest.raises(BlockingIOError):
+            squatter.accept()  # nobody connected
+
+
+def test_attach_timeout_bounds_the_whole_call_against_a_silent_server(port: int) -> None:
+    with Echo(port) as svc:
+        pid = svc.server_pid or 0
+        os.kill(pid, signal.SIGSTOP)  # alive (the directory says so), but silent
+        try:
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable):
+                Echo.attach(port=port, timeout_s=1)
+            assert time.monotonic() - started < 3  # it took 20 s with timeout_s=1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert svc.echo("after") == "after"
