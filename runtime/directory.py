@@ -26,13 +26,15 @@ import contextlib
 import json
 import os
 import secrets
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ServiceNotFound
+from .keyfile import encode_key
 from .transport import default_socket_dir
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "publish",
     "wait_for_entry",
     "withdraw",
+    "write_service_key",
 ]
 
 
@@ -95,55 +98,133 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
-_CHECKED: dict[tuple[str | None, int], Path] = {}
+_CHECKED: dict[tuple[str | None, int], tuple[Path, int]] = {}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _check_folder(path: Path, fd: int) -> None:
+    info = os.fstat(fd)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} must belong to this user with mode 0700 (it holds service keys); "
+            "fix it, or set XDG_RUNTIME_DIR to a folder of your own"
+        )
+
+
+def _folder(folder: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
+    """The folder and an fd of it: opened O_DIRECTORY|O_NOFOLLOW, checked with fstat.
+
+    Every entry and key file is read and written through this fd, so a folder that is
+    renamed, replaced or swapped for a symlink afterwards (by a tmp cleaner, or by
+    another user where an inherited $XDG_RUNTIME_DIR is theirs) is never written to.
+    Opened once per process (and per $XDG_RUNTIME_DIR); a custom ``folder`` each time.
+    """
+    if folder is not None:
+        path = Path(folder)
+        fd = os.open(path, _DIR_FLAGS)
+        try:
+            _check_folder(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return path, fd
+    key = (os.environ.get("XDG_RUNTIME_DIR"), os.getpid())
+    found = _CHECKED.get(key)
+    if found is not None and not _still_there(*found):
+        os.close(_CHECKED.pop(key)[1])  # removed or replaced: look again (and check again)
+        found = None
+    if found is None:
+        path = Path(default_socket_dir())
+        fd = os.open(path, _DIR_FLAGS)
+        try:
+            _check_folder(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        found = _CHECKED[key] = (path, fd)
+    return found
+
+
+def _still_there(path: Path, fd: int) -> bool:
+    """The folder we hold is not deleted, and ``path`` still names it."""
+    try:
+        held, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+@contextlib.contextmanager
+def _opened(folder: str | os.PathLike[str] | None) -> Iterator[int]:
+    _, fd = _folder(folder)
+    try:
+        yield fd
+    finally:
+        if folder is not None:
+            os.close(fd)
 
 
 def directory_folder(folder: str | os.PathLike[str] | None = None) -> Path:
-    """The per-user folder (created 0700; refused if another user owns it or it is open).
-
-    Checked once per process (and per $XDG_RUNTIME_DIR), not on every lookup.
-    """
-    if folder is not None:
-        return Path(folder)
-    key = (os.environ.get("XDG_RUNTIME_DIR"), os.getpid())
-    path = _CHECKED.get(key)
-    if path is None or not path.is_dir():
-        path = _CHECKED[key] = Path(default_socket_dir())
-    return path
+    """The per-user folder (created 0700; refused if another user owns it or it is open)."""
+    return _folder(folder)[0] if folder is None else Path(folder)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(dir_fd: int, name: str, data: bytes) -> None:
     # A random name, created new, never through a symlink: nobody can guess or plant it.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
 
 
 def publish(entry: DirectoryEntry, folder: Path | None = None) -> Path:
-    """Write (or replace) ``entry`` atomically; readers never see half of it."""
-    path = directory_folder(folder) / f"{entry.stem}.json"
-    _atomic_write(path, json.dumps(asdict(entry), sort_keys=True).encode())
-    return path
+    """Write (or replace) ``entry`` atomically; readers never see half of it.
+
+    The folder's owner and mode are checked again first: it is ours, or nothing is written.
+    """
+    name = f"{entry.stem}.json"
+    with _opened(folder) as fd:
+        _check_folder(directory_folder(folder), fd)
+        _atomic_write(fd, name, json.dumps(asdict(entry), sort_keys=True).encode())
+    return directory_folder(folder) / name
+
+
+def write_service_key(service: str, port: int, key: bytes, folder: Path | None = None) -> Path:
+    """Write the service's key file (0600) beside its entry; its path, for the entry."""
+    name = f"{service}-{port}.key"
+    with _opened(folder) as fd:
+        _check_folder(directory_folder(folder), fd)
+        _atomic_write(fd, name, encode_key(key))
+    return directory_folder(folder) / name
 
 
 def withdraw(service: str, port: int, pid: int, folder: Path | None = None) -> None:
     """Remove the entry of ``service`` on ``port``, if it still names server ``pid``."""
-    path = directory_folder(folder) / f"{service}-{port}.json"
-    entry = _read_entry(path)
-    if entry is not None and entry.pid == pid:
-        path.unlink(missing_ok=True)
+    name = f"{service}-{port}.json"
+    with _opened(folder) as fd:
+        entry = _read_entry(fd, name)
+        if entry is not None and entry.pid == pid:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
 
 
-def _read_entry(path: Path) -> DirectoryEntry | None:
+def _read_entry(dir_fd: int, name: str) -> DirectoryEntry | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
         try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                return None  # nothing of another user's is trusted
             raw = os.read(fd, 65536)
         finally:
             os.close(fd)
@@ -166,18 +247,20 @@ def _read_entry(path: Path) -> DirectoryEntry | None:
 
 def entries(folder: Path | None = None, *, live_only: bool = True) -> list[DirectoryEntry]:
     """Every entry, sorted; stale ones (dead or reused pid) are removed, not returned."""
-    base = directory_folder(folder)
     found: list[DirectoryEntry] = []
-    for path in sorted(base.glob("*.json")):
-        entry = _read_entry(path)
-        if entry is None:
-            continue
-        if live_only and not entry.is_live():
-            with contextlib.suppress(OSError):
-                if _read_entry(path) == entry:  # not replaced meanwhile
-                    path.unlink()
-            continue
-        found.append(entry)
+    with _opened(folder) as fd:
+        for name in sorted(os.listdir(fd)):
+            if not name.endswith(".json"):
+                continue
+            entry = _read_entry(fd, name)
+            if entry is None:
+                continue
+            if live_only and not entry.is_live():
+                with contextlib.suppress(OSError):
+                    if _read_entry(fd, name) == entry:  # not replaced meanwhile
+                        os.unlink(name, dir_fd=fd)
+                continue
+            found.append(entry)
     return found
 
 
@@ -194,15 +277,15 @@ def lookup(
     ``check_live=False`` (with both given) skips the liveness check, for a caller
     whose next step, connecting with the key, proves it anyway.
     """
-    base = directory_folder(folder)
     if port is not None and service is not None:
-        entry = _read_entry(base / f"{service}-{port}.json")
+        with _opened(folder) as fd:
+            entry = _read_entry(fd, f"{service}-{port}.json")
         if entry is None or (check_live and not entry.is_live()):
             return None
         return entry
     matches = [
         e
-        for e in entries(base, live_only=False)
+        for e in entries(folder, live_only=False)
         if (port is None or e.port == port) and (service is None or e.service == service)
     ]
     live = [e for e in matches if e.is_live()]

@@ -141,7 +141,7 @@ class ProcessBackend:
             self.server = (pid, generation)
             return
         if settings.authkey_file is None:  # the key first: an entry never names a missing key
-            keyfile.write_key(self._key_path(), self.key())
+            directory.write_service_key(settings.service, settings.port, self.key())
         directory.publish(
             directory.DirectoryEntry(
                 service=settings.service,
