@@ -64,18 +64,32 @@ class Endpoint:
     def __str__(self) -> str:
         return self.label
 
-    def connect(self, timeout_s: float | None) -> socket.socket:
-        """A connected stream socket."""
+    def numeric(self) -> Endpoint:
+        """This endpoint with its host name resolved once, as the server's listener
+        resolves it (IPv4): ``localhost`` is 127.0.0.1 even where ``/etc/hosts`` puts
+        ``::1`` first, so a client never dials an address its server did not bind."""
         if isinstance(self.address, str):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout_s)
-                sock.connect(self.address)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        return socket.create_connection(self.address, timeout=timeout_s)
+            return self
+        host, port = self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        return Endpoint((str(info[0][4][0]), port))
+
+    def connect(self, timeout_s: float | None) -> socket.socket:
+        """A connected stream socket (to :meth:`numeric`'s address, for TCP)."""
+        target: Address = self.address if isinstance(self.address, str) else self.numeric().address
+        if isinstance(target, str):
+            family = socket.AF_UNIX
+        else:
+            family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect(target)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def in_use(self) -> bool:
         """True if something listens here.

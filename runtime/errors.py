@@ -154,13 +154,15 @@ class ServiceNotFound(ServiceUnavailable):
 
 
 class ServiceAuthenticationError(AuthenticationError, ServiceError):
-    """The server rejected the authkey, or the peer is not an rpcgen server."""
+    """The peer could not prove that it holds the service's key (the server proves
+    first), or the server refused this client's key."""
 
     def __init__(self, *, service: str, host: str, port: int | str) -> None:
         self.service, self.host, self.port = service, host, port
         super().__init__(
-            f"{_where(service, host, port)} rejected the authkey; another process may "
-            "own the port, or the client holds the key of an earlier server start"
+            f"{_where(service, host, port)} did not prove that it holds the service's key, "
+            "so nothing was sent to it: another program may own the port, a relay may "
+            "stand in between, or this client holds the key of an earlier server start"
         )
 
 

@@ -147,7 +147,8 @@ class ProcessBackend:
                 service=settings.service,
                 host=settings.host,
                 port=settings.port,
-                address=settings.endpoint.path or [settings.host, settings.port],
+                # numeric, as the server bound it: attach() dials exactly that
+                address=settings.endpoint.path or list(settings.endpoint.numeric().address),
                 pid=pid,
                 create_time=psutil.Process(pid).create_time(),
                 owner_pid=os.getpid(),

@@ -7,6 +7,7 @@ title names the service (see :mod:`rpcgen.runtime.announce`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import multiprocessing
@@ -15,10 +16,11 @@ import pickle
 import queue
 import select
 import signal
+import socket
 import sys
 import threading
 import traceback
-from multiprocessing import managers
+from multiprocessing import AuthenticationError, managers
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -34,7 +36,13 @@ from .constants import (
 )
 from .endpoint import Address, Endpoint
 from .remote import pack_exception
-from .transport import OBJECT_ID, SERIALIZER, set_recv_timeout
+from .transport import (
+    OBJECT_ID,
+    SERIALIZER,
+    server_handshake,
+    set_recv_timeout,
+    socket_binding,
+)
 from .wire import (
     FrameReader,
     ProtocolError,
@@ -51,14 +59,18 @@ __all__ = ["serve_rpc"]
 logger = logging.getLogger("rpcgen")
 
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: The largest first request of a connection (a tuple naming what it asks for).
+_FIRST_REQUEST = 1 << 16
 
 
 class _RPCServer(managers.Server):
     """A manager Server with ``obj`` registered up front under a fixed id.
 
     rpcgen clients open each connection with ``rpcgen_accept``, served by a lean
-    loop (plain pickle, one write per reply, no BaseProxy fallbacks); a stock
-    BaseManager client still gets ``accept_connection`` and the stock loop.
+    loop (plain pickle, one write per reply, no BaseProxy fallbacks). Every
+    connection starts with rpcgen's handshake (:func:`~.transport.server_handshake`:
+    the server proves first, bound to its socket), so a stock BaseManager client, which
+    expects multiprocessing's challenge, is refused.
     """
 
     _ours = ("rpcgen_accept", "rpcgen_accept_mux")
@@ -74,8 +86,8 @@ class _RPCServer(managers.Server):
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        # Registering the typeid too lets a plain BaseManager client (register +
-        # connect + manager.<typeid>()) reach the same object.
+        # Registering the typeid too lets a BaseManager client that speaks rpcgen's
+        # handshake (serializer "rpcgen") reach the same object by its typeid.
         registry: dict[str, Any] = {typeid: (lambda: obj, None, None, None)}
         super().__init__(registry, address, authkey, SERIALIZER)
         exposed = set(managers.public_methods(obj))  # type: ignore[attr-defined]
@@ -121,6 +133,43 @@ class _RPCServer(managers.Server):
                 stop.wait(delay)
                 continue
             delay = 0.0
+
+    def handle_request(self, conn: Connection) -> None:
+        """One new connection: the handshake, its first request, then what it asked for.
+
+        As the stock Server's, with rpcgen's handshake instead of multiprocessing's, and
+        a first request that may be no larger than ``_FIRST_REQUEST``.
+        """
+        try:
+            msg: tuple[str, Any]
+            try:
+                fd = conn.fileno()
+                view = socket.socket(fileno=fd)  # no new fd: detached below
+                try:
+                    binding = socket_binding(view.getsockname())
+                finally:
+                    view.detach()
+                server_handshake(fd, self.authkey, binding)  # type: ignore[attr-defined]
+                _, name, args, kwargs = _loads(recv_message(fd, _FIRST_REQUEST))
+                if name not in self.public:
+                    raise ValueError(f"{name!r} is not a request of this server")
+                function = getattr(self, name)
+            except (AuthenticationError, OSError, EOFError, ProtocolError) as exc:
+                logger.debug("refused a connection: %r", exc)
+                return  # nothing is sent to a peer that did not prove the key
+            except Exception:
+                msg = ("#TRACEBACK", traceback.format_exc())
+            else:
+                try:
+                    msg = ("#RETURN", function(conn, *args, **kwargs))
+                except Exception:
+                    msg = ("#TRACEBACK", traceback.format_exc())
+            with contextlib.suppress(Exception):
+                conn.send(msg)
+        except SystemExit:
+            pass  # our accept methods end a connection this way, as serve_client does
+        finally:
+            conn.close()
 
     def accept_connection(self, c: Connection, name: str) -> None:
         set_recv_timeout(c, 0)  # authenticated: an idle connection may wait for ever

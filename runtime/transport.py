@@ -10,13 +10,23 @@ only how sockets are made and how a connection starts:
 * The served object is registered on the server under a fixed id
   (:data:`OBJECT_ID`), so a client needs one connection per thread and none of
   BaseManager's create / incref / decref round trips.
+* The handshake (:func:`client_handshake`, :func:`server_handshake`) has the
+  *server* prove first that it holds the key, and both proofs name the server's
+  socket (its IP and port, or its Unix socket path) as each end sees it. A client
+  therefore answers only the real server, never a program that took a dead
+  server's port, and a relay between them (which sees its own address, not the
+  server's) gets no proof it could pass on. Nothing in it is sent in clear that
+  could be replayed: each side contributes a fresh 32-byte nonce.
 
 The proxy that calls through these connections is :mod:`rpcgen.runtime.proxy`.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import os
+import secrets
 import socket
 import struct
 import tempfile
@@ -31,12 +41,15 @@ __all__ = [
     "OBJECT_ID",
     "SERIALIZER",
     "Address",
+    "client_handshake",
     "connect",
     "default_socket_dir",
     "describe",
     "open_connection",
     "request_shutdown",
+    "server_handshake",
     "set_recv_timeout",
+    "socket_binding",
     "unix_socket_path",
 ]
 
@@ -140,14 +153,84 @@ class NoDelayListener(connection.Listener):
 def _nodelay_client(
     address: Any, family: str | None = None, authkey: bytes | None = None
 ) -> connection.Connection:
-    """Drop-in for ``multiprocessing.connection.Client`` that sets TCP_NODELAY."""
+    """Drop-in for ``multiprocessing.connection.Client`` that sets TCP_NODELAY (and
+    speaks rpcgen's handshake)."""
     sock = connect(address, None)
     _set_nodelay(sock)
+    binding = socket_binding(sock.getpeername())
     conn = connection.Connection(sock.detach())
     if authkey is not None:
-        connection.answer_challenge(conn, authkey)
-        connection.deliver_challenge(conn, authkey)
+        client_handshake(conn.fileno(), authkey, binding)
     return conn
+
+
+# -- the handshake ---------------------------------------------------------------------
+
+HELLO = b"rpcgen-2\n"
+_NONCE = 32
+
+
+def socket_binding(address: Any) -> bytes:
+    """How both ends name the server's socket: ``tcp IP PORT`` or ``unix PATH``.
+
+    The client passes its socket's peer address, the server its accepted socket's own
+    address: they agree when nothing stands between them.
+    """
+    if isinstance(address, (str, bytes)):
+        return b"unix " + os.fsencode(address)
+    ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"tcp {ip.compressed} {int(address[1])}".encode()
+
+
+def _proof(key: bytes, role: bytes, first: bytes, second: bytes, binding: bytes) -> bytes:
+    return hmac.new(key, role + b"\0" + first + second + binding, "sha256").digest()
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError("the peer closed the connection during the handshake")
+        data += chunk
+    return data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def client_handshake(fd: int, key: bytes, binding: bytes) -> None:
+    """The client's side: send a nonce; check the server's proof; only then prove ours.
+
+    ``AuthenticationError`` if the server's proof is wrong: a different key, a
+    program that is not the server, or a relay. Nothing derived from the key was sent.
+    """
+    mine = secrets.token_bytes(_NONCE)
+    _write_all(fd, HELLO + mine)
+    reply = _read_exactly(fd, 2 * _NONCE)
+    theirs, proof = reply[:_NONCE], reply[_NONCE:]
+    if not hmac.compare_digest(proof, _proof(key, b"server", mine, theirs, binding)):
+        raise AuthenticationError("the server did not prove that it holds the key")
+    _write_all(fd, _proof(key, b"client", theirs, mine, binding))
+
+
+def server_handshake(fd: int, key: bytes, binding: bytes) -> None:
+    """The server's side; ``AuthenticationError`` if the peer is not a client holding the key."""
+    hello = _read_exactly(fd, len(HELLO) + _NONCE)
+    if hello[: len(HELLO)] != HELLO:
+        raise AuthenticationError("the peer does not speak rpcgen's handshake")
+    theirs = hello[len(HELLO) :]
+    mine = secrets.token_bytes(_NONCE)
+    _write_all(fd, mine + _proof(key, b"server", theirs, mine, binding))
+    if not hmac.compare_digest(
+        _read_exactly(fd, _NONCE), _proof(key, b"client", mine, theirs, binding)
+    ):
+        raise AuthenticationError("the client's proof is wrong (a different key)")
 
 
 managers.listener_client[SERIALIZER] = (NoDelayListener, _nodelay_client)  # type: ignore[attr-defined]
@@ -175,13 +258,13 @@ def _handshake(
         _set_nodelay(sock)
         sock.settimeout(None)
         _set_recv_timeout(sock, timeout_s)
+        binding = socket_binding(sock.getpeername())
         conn = connection.Connection(sock.detach())
     except BaseException:
         sock.close()
         raise
     try:
-        connection.answer_challenge(conn, authkey)
-        connection.deliver_challenge(conn, authkey)
+        client_handshake(conn.fileno(), authkey, binding)
         conn.send(request)
         kind, result = conn.recv()
         if kind != "#RETURN":
