@@ -8,7 +8,6 @@ title names the service (see :mod:`rpcgen.runtime.announce`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import multiprocessing
 import os
@@ -20,7 +19,7 @@ import socket
 import sys
 import threading
 import traceback
-from multiprocessing import AuthenticationError, managers
+from multiprocessing import managers
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -35,14 +34,9 @@ from .constants import (
     DEFAULT_MAX_MESSAGE_BYTES,
 )
 from .endpoint import Address, Endpoint
+from .gate import Gate
 from .remote import pack_exception
-from .transport import (
-    OBJECT_ID,
-    SERIALIZER,
-    server_handshake,
-    set_recv_timeout,
-    socket_binding,
-)
+from .transport import OBJECT_ID, SERIALIZER, set_recv_timeout
 from .wire import (
     FrameReader,
     ProtocolError,
@@ -58,18 +52,14 @@ __all__ = ["serve_rpc"]
 
 logger = logging.getLogger("rpcgen")
 
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: The largest first request of a connection (a tuple naming what it asks for).
-_FIRST_REQUEST = 1 << 16
-
 
 class _RPCServer(managers.Server):
     """A manager Server with ``obj`` registered up front under a fixed id.
 
     rpcgen clients open each connection with ``rpcgen_accept``, served by a lean
     loop (plain pickle, one write per reply, no BaseProxy fallbacks). Every
-    connection starts with rpcgen's handshake (:func:`~.transport.server_handshake`:
-    the server proves first, bound to its socket), so a stock BaseManager client, which
+    connection starts with rpcgen's handshake (run by :class:`~.gate.Gate`: the
+    server proves first, bound to its socket), so a stock BaseManager client, which
     expects multiprocessing's challenge, is refused.
     """
 
@@ -101,62 +91,28 @@ class _RPCServer(managers.Server):
         self.max_message_bytes = max_message_bytes
 
     def accepter(self) -> None:
-        """Accept connections, each served in its own thread (as the stock loop does).
+        """Accept and authenticate connections in one thread (see :mod:`.gate`): a
+        handshake has ``handshake_timeout_s`` in all, and holds no thread meanwhile."""
+        listener: socket.socket = self.listener._listener._socket  # type: ignore[attr-defined]
+        Gate(
+            listener,
+            self.authkey,  # type: ignore[attr-defined]
+            serve=self._serve_authenticated,
+            stop=self.stop_event,
+            deadline_s=self.handshake_timeout_s,
+        ).run()
 
-        Two changes. Each new connection must authenticate and send its first
-        request within ``handshake_timeout_s``, so a peer that connects and stays
-        silent is dropped instead of holding a thread and an fd for ever. And a
-        failing ``accept()`` (EMFILE at the fd limit) backs off instead of spinning:
-        the pending connection keeps the listener readable, so the stock loop
-        retries at 100% CPU.
-        """
-        listener = self.listener  # type: ignore[attr-defined]
-        stop = self.stop_event
-        delay = 0.0
-        while not stop.is_set():
-            try:
-                conn = listener.accept()
-            except OSError as exc:
-                delay = min(max(delay * 2, 0.005), 0.2)
-                if exc.errno in _RESOURCE_ERRNOS and delay >= 0.2:
-                    logger.warning("accept failed (%s); backing off", exc)
-                stop.wait(delay)
-                continue
-            try:
-                set_recv_timeout(conn, self.handshake_timeout_s)
-                thread = threading.Thread(target=self.handle_request, args=(conn,), daemon=True)
-                thread.start()
-            except Exception as exc:  # e.g. no thread can be started now
-                conn.close()
-                delay = min(max(delay * 2, 0.005), 0.2)
-                logger.warning("could not serve a new connection (%r); backing off", exc)
-                stop.wait(delay)
-                continue
-            delay = 0.0
-
-    def handle_request(self, conn: Connection) -> None:
-        """One new connection: the handshake, its first request, then what it asked for.
-
-        As the stock Server's, with rpcgen's handshake instead of multiprocessing's, and
-        a first request that may be no larger than ``_FIRST_REQUEST``.
-        """
+    def _serve_authenticated(self, sock: socket.socket, request: tuple[Any, ...]) -> None:
+        """An authenticated connection: what its first request asks for (as the stock
+        Server's ``handle_request`` does after its handshake)."""
+        conn = Connection(sock.detach())
         try:
             msg: tuple[str, Any]
             try:
-                fd = conn.fileno()
-                view = socket.socket(fileno=fd)  # no new fd: detached below
-                try:
-                    binding = socket_binding(view.getsockname())
-                finally:
-                    view.detach()
-                server_handshake(fd, self.authkey, binding)  # type: ignore[attr-defined]
-                _, name, args, kwargs = _loads(recv_message(fd, _FIRST_REQUEST))
+                _, name, args, kwargs = request
                 if name not in self.public:
                     raise ValueError(f"{name!r} is not a request of this server")
                 function = getattr(self, name)
-            except (AuthenticationError, OSError, EOFError, ProtocolError) as exc:
-                logger.debug("refused a connection: %r", exc)
-                return  # nothing is sent to a peer that did not prove the key
             except Exception:
                 msg = ("#TRACEBACK", traceback.format_exc())
             else:

@@ -10,7 +10,7 @@ only how sockets are made and how a connection starts:
 * The served object is registered on the server under a fixed id
   (:data:`OBJECT_ID`), so a client needs one connection per thread and none of
   BaseManager's create / incref / decref round trips.
-* The handshake (:func:`client_handshake`, :func:`server_handshake`) has the
+* The handshake (:func:`client_handshake`; the server's side is :mod:`.gate`) has the
   *server* prove first that it holds the key, and both proofs name the server's
   socket (its IP and port, or its Unix socket path) as each end sees it. A client
   therefore answers only the real server, never a program that took a dead
@@ -46,8 +46,8 @@ __all__ = [
     "default_socket_dir",
     "describe",
     "open_connection",
+    "proof",
     "request_shutdown",
-    "server_handshake",
     "set_recv_timeout",
     "socket_binding",
     "unix_socket_path",
@@ -184,7 +184,8 @@ def socket_binding(address: Any) -> bytes:
     return f"tcp {ip.compressed} {int(address[1])}".encode()
 
 
-def _proof(key: bytes, role: bytes, first: bytes, second: bytes, binding: bytes) -> bytes:
+def proof(key: bytes, role: bytes, first: bytes, second: bytes, binding: bytes) -> bytes:
+    """What a side (``role`` b"server" or b"client") sends to prove it holds ``key``."""
     return hmac.new(key, role + b"\0" + first + second + binding, "sha256").digest()
 
 
@@ -213,24 +214,10 @@ def client_handshake(fd: int, key: bytes, binding: bytes) -> None:
     mine = secrets.token_bytes(_NONCE)
     _write_all(fd, HELLO + mine)
     reply = _read_exactly(fd, 2 * _NONCE)
-    theirs, proof = reply[:_NONCE], reply[_NONCE:]
-    if not hmac.compare_digest(proof, _proof(key, b"server", mine, theirs, binding)):
+    theirs, shown = reply[:_NONCE], reply[_NONCE:]
+    if not hmac.compare_digest(shown, proof(key, b"server", mine, theirs, binding)):
         raise AuthenticationError("the server did not prove that it holds the key")
-    _write_all(fd, _proof(key, b"client", theirs, mine, binding))
-
-
-def server_handshake(fd: int, key: bytes, binding: bytes) -> None:
-    """The server's side; ``AuthenticationError`` if the peer is not a client holding the key."""
-    hello = _read_exactly(fd, len(HELLO) + _NONCE)
-    if hello[: len(HELLO)] != HELLO:
-        raise AuthenticationError("the peer does not speak rpcgen's handshake")
-    theirs = hello[len(HELLO) :]
-    mine = secrets.token_bytes(_NONCE)
-    _write_all(fd, mine + _proof(key, b"server", theirs, mine, binding))
-    if not hmac.compare_digest(
-        _read_exactly(fd, _NONCE), _proof(key, b"client", mine, theirs, binding)
-    ):
-        raise AuthenticationError("the client's proof is wrong (a different key)")
+    _write_all(fd, proof(key, b"client", theirs, mine, binding))
 
 
 managers.listener_client[SERIALIZER] = (NoDelayListener, _nodelay_client)  # type: ignore[attr-defined]

@@ -170,6 +170,21 @@ def serve_few_fds(address: Address, authkey: bytes, ready: Any, name: str = "Ech
     serve_rpc(FewFdsServer, address, authkey, ready, service_name=name)
 
 
+class Fd256Server(EchoServer):
+    """Runs with 256 file descriptors, as a small container might."""
+
+    def __init__(self) -> None:
+        import resource
+
+        super().__init__()
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+
+def serve_fd256(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
+    serve_rpc(Fd256Server, address, authkey, ready, service_name=name, handshake_timeout_s=2.0)
+
+
 def exit_before_ready(address: Address, authkey: bytes, ready: Any, name: str = "Echo") -> None:
     os._exit(7)
 
@@ -191,6 +206,7 @@ SERVE_TARGETS = {
     "never_ready": never_ready,
     "quick_handshake": serve_quick_handshake,
     "few_fds": serve_few_fds,
+    "fd256": serve_fd256,
 }
 
 

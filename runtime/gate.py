@@ -1,0 +1,254 @@
+"""The server's front door: connections are accepted and authenticated in one thread.
+
+A new connection has ``deadline_s`` in all (not per read) to finish the handshake
+(:func:`~.transport.server_handshake`'s steps, run here without blocking) and send
+its first request. Until then it holds no thread, only its socket; at most
+``max_pending`` wait at once, and when one more arrives the oldest that has not
+even sent its hello is dropped (one that has is a client at work: a newcomer is
+turned away before it is). So peers that trickle a byte now and then, or never
+finish, cannot hold the server's threads or file descriptors: real clients, which
+finish in milliseconds, still get in. An authenticated connection is handed to
+``serve(socket, request)`` in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import pickle
+import resource
+import secrets
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .transport import HELLO, proof, socket_binding
+
+__all__ = ["Gate", "default_max_pending"]
+
+logger = logging.getLogger("rpcgen")
+
+_NONCE = 32
+_HEADER = struct.Struct("!i")
+#: The largest first request of a connection (a tuple naming what it asks for).
+FIRST_REQUEST = 1 << 16
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH = 16
+
+
+def default_max_pending() -> int:
+    """A quarter of this process's file descriptors (16 to 1024): the rest stay free
+    for authenticated connections and the server's own files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(1024, soft // 4))
+
+
+class _Pending:
+    """One connection's handshake, a step at a time as bytes can be read or written."""
+
+    __slots__ = ("binding", "buffer", "deadline", "mine", "need", "out", "sock", "stage", "theirs")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.stage = "hello"
+        self.need = len(HELLO) + _NONCE
+        self.buffer = b""
+        self.out = b""
+        self.mine = b""
+        self.theirs = b""
+        self.binding = b""
+
+
+class Gate:
+    """Accepts on ``listener`` and authenticates with ``key`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        key: bytes,
+        *,
+        serve: Callable[[socket.socket, tuple[Any, ...]], None],
+        stop: threading.Event,
+        deadline_s: float,
+        max_pending: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listener = listener
+        self.key = key
+        self.serve = serve
+        self.stop = stop
+        self.deadline_s = deadline_s
+        self.max_pending = max_pending or default_max_pending()
+        self.clock = clock
+        self.pending: OrderedDict[socket.socket, _Pending] = OrderedDict()
+        self.selector = selectors.DefaultSelector()
+        #: counts, for tests and the reliability report
+        self.dropped_late = 0
+        self.dropped_for_room = 0
+        self.refused = 0
+
+    def run(self) -> None:
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        paused_until = 0.0
+        try:
+            while not self.stop.is_set():
+                now = self.clock()
+                if paused_until and now >= paused_until:
+                    self.selector.register(self.listener, selectors.EVENT_READ)
+                    paused_until = 0.0
+                wait = 0.5
+                if self.pending:
+                    oldest = next(iter(self.pending.values()))
+                    wait = min(wait, max(oldest.deadline - now, 0.0))
+                if paused_until:
+                    wait = min(wait, max(paused_until - now, 0.0))
+                for key, events in self.selector.select(wait):
+                    if key.fileobj is self.listener:
+                        if not self._accept():
+                            self.selector.unregister(self.listener)  # out of fds: a pause
+                            paused_until = self.clock() + 0.05
+                        continue
+                    pending: _Pending = key.data
+                    if self.pending.get(pending.sock) is not pending:
+                        continue  # dropped earlier in this round
+                    try:
+                        self._step(pending, events)
+                    except Exception:  # never let the front door die: drop this peer
+                        logger.exception("handshake step failed")
+                        self._close(pending)
+                self._drop_late(self.clock())
+        finally:
+            for pending in list(self.pending.values()):
+                self._close(pending)
+            self.selector.close()
+
+    # -- accepting -------------------------------------------------------------------------
+
+    def _accept(self) -> bool:
+        """Accept what is waiting (a few at a time, so that the handshakes under way
+        keep moving); False when out of file descriptors with none to free."""
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    if self._make_room():
+                        continue
+                    logger.warning("accept failed (%s); pausing", exc)
+                    return False
+                return True
+            sock.setblocking(False)
+            if len(self.pending) >= self.max_pending and not self._make_room():
+                self.dropped_for_room += 1
+                sock.close()  # every waiting peer is a client at work: turn this one away
+                continue
+            pending = _Pending(sock, self.clock() + self.deadline_s)
+            self.pending[sock] = pending
+            self.selector.register(sock, selectors.EVENT_READ, pending)
+        return True
+
+    def _make_room(self) -> bool:
+        """Drop the oldest peer that has not sent its hello yet; False if there is none."""
+        for pending in self.pending.values():
+            if pending.stage == "hello":
+                self.dropped_for_room += 1
+                self._close(pending)
+                return True
+        return False
+
+    def _drop_late(self, now: float) -> None:
+        while self.pending:
+            oldest = next(iter(self.pending.values()))
+            if oldest.deadline > now:
+                return
+            self.dropped_late += 1
+            self._close(oldest)
+
+    def _close(self, pending: _Pending, *, keep_socket: bool = False) -> None:
+        self.pending.pop(pending.sock, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(pending.sock)
+        if not keep_socket:
+            pending.sock.close()
+
+    # -- the handshake, one step at a time -----------------------------------------------
+
+    def _step(self, pending: _Pending, events: int) -> None:
+        try:
+            if events & selectors.EVENT_WRITE and pending.out:
+                sent = pending.sock.send(pending.out)
+                pending.out = pending.out[sent:]
+                if not pending.out:
+                    self.selector.modify(pending.sock, selectors.EVENT_READ, pending)
+                return
+            if not events & selectors.EVENT_READ:
+                return
+            data = pending.sock.recv(pending.need - len(pending.buffer))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(pending)
+            return
+        if not data:
+            self._close(pending)
+            return
+        pending.buffer += data
+        if len(pending.buffer) < pending.need:
+            return
+        try:
+            self._advance(pending)
+        except (ValueError, OSError, pickle.UnpicklingError, EOFError) as exc:
+            logger.debug("refused a connection: %s", exc)
+            self.refused += 1
+            self._close(pending)
+
+    def _advance(self, pending: _Pending) -> None:
+        data, pending.buffer = pending.buffer, b""
+        if pending.stage == "hello":
+            if data[: len(HELLO)] != HELLO:
+                raise ValueError("the peer does not speak rpcgen's handshake")
+            pending.theirs = data[len(HELLO) :]
+            pending.mine = secrets.token_bytes(_NONCE)
+            pending.binding = socket_binding(pending.sock.getsockname())
+            out = pending.mine + proof(
+                self.key, b"server", pending.theirs, pending.mine, pending.binding
+            )
+            pending.stage, pending.need = "proof", _NONCE
+            sent = pending.sock.send(out)
+            if sent < len(out):
+                pending.out = out[sent:]
+                self.selector.modify(pending.sock, selectors.EVENT_WRITE, pending)
+        elif pending.stage == "proof":
+            expected = proof(self.key, b"client", pending.mine, pending.theirs, pending.binding)
+            if not secrets.compare_digest(data, expected):
+                raise ValueError("the client's proof is wrong (a different key)")
+            pending.stage, pending.need = "header", _HEADER.size
+        elif pending.stage == "header":
+            (size,) = _HEADER.unpack(data)
+            if not 0 < size <= FIRST_REQUEST:
+                raise ValueError(f"a first request of {size} bytes")
+            pending.stage, pending.need = "request", size
+        else:
+            request = pickle.loads(data)
+            if not isinstance(request, tuple) or len(request) != 4:
+                raise ValueError("a first request that is not (id, name, args, kwargs)")
+            self._close(pending, keep_socket=True)
+            pending.sock.setblocking(True)
+            self._hand_off(pending.sock, request)
+
+    def _hand_off(self, sock: socket.socket, request: tuple[Any, ...]) -> None:
+        try:
+            threading.Thread(target=self.serve, args=(sock, request), daemon=True).start()
+        except RuntimeError as exc:  # no thread can be started now
+            logger.warning("could not serve an authenticated connection (%r)", exc)
+            sock.close()
