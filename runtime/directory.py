@@ -122,29 +122,25 @@ def _folder(folder: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
     Opened once per process (and per $XDG_RUNTIME_DIR); a custom ``folder`` each time.
     """
     if folder is not None:
-        path = Path(folder)
-        fd = os.open(path, _DIR_FLAGS)
-        try:
-            _check_folder(path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return path, fd
+        return _open_checked(Path(folder))
     key = (os.environ.get("XDG_RUNTIME_DIR"), os.getpid())
     found = _CHECKED.get(key)
     if found is not None and not _still_there(*found):
         os.close(_CHECKED.pop(key)[1])  # removed or replaced: look again (and check again)
         found = None
     if found is None:
-        path = Path(default_socket_dir())
-        fd = os.open(path, _DIR_FLAGS)
-        try:
-            _check_folder(path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        found = _CHECKED[key] = (path, fd)
+        found = _CHECKED[key] = _open_checked(Path(default_socket_dir()))
     return found
+
+
+def _open_checked(path: Path) -> tuple[Path, int]:
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        _check_folder(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return path, fd
 
 
 def _still_there(path: Path, fd: int) -> bool:
