@@ -228,6 +228,9 @@ class ProcessBackend:
         finally:
             ready.close()
         self.process = process
+        # The new pid at once (server_pid shows it while the restart finishes); the
+        # generation goes up when it is published.
+        self.server = (int(process.pid or 0), self.server[1])
         if self.proxy is None:
             self.proxy = self._new_proxy(authkey)
         else:
