@@ -247,6 +247,9 @@ def _handshake(
         _set_recv_timeout(sock, timeout_s)
         binding = socket_binding(sock.getpeername())
         conn = connection.Connection(sock.detach())
+    except OSError as exc:  # e.g. reset by a server that died as we connected
+        sock.close()
+        raise ServiceUnavailable(service=service, host=host, port=port, reason=repr(exc)) from exc
     except BaseException:
         sock.close()
         raise
