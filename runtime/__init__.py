@@ -6,15 +6,17 @@ imports the generator's dependencies (jinja2, typer, black), nor ray.
 Where to look (one job per module):
 
 * ``service.py``: the client's API and lifecycle; ``lifecycle.py``: its state and locks;
-* ``backend.py``: the seam every backend fills; ``direct.py``, ``process_backend.py``,
-  ``ray_backend.py`` (with ``ray_cluster.py``, ``ray_actor.py``, ``ray_proxy.py``);
+* ``backend.py``: the seam every backend fills; ``backends.py`` picks one; ``direct.py``,
+  ``process_backend.py``, ``ray_backend.py`` (with ``ray_cluster.py``, ``ray_actor.py``,
+  ``ray_proxy.py``);
 * ``proxy.py``, ``mux.py``, ``transport.py``, ``wire.py``: calls, asyncio calls,
-  sockets and the handshake, framing;
-* ``serve.py``, ``announce.py``: the server process, its title and readiness;
-* ``supervise.py``, ``health.py``, ``poll.py``, ``notify.py``: health checks, restarts,
-  bounded waits, notifications;
-* ``process.py``, ``directory.py``, ``sharing.py``: ports and processes, the service
-  directory, attaching;
+  sockets and the client's handshake, framing;
+* ``serve.py``, ``gate.py``, ``announce.py``: the server process, its front door
+  (accepting and authenticating), its title and readiness;
+* ``keeper.py``, ``supervise.py``, ``health.py``, ``poll.py``, ``notify.py``: health checks
+  that act, restarts, bounded waits, notifications;
+* ``process.py``, ``directory.py``, ``keyfile.py``, ``sharing.py``: ports and processes, the
+  service directory, key files, attaching and pickling;
 * ``settings.py``, ``constants.py``, ``errors.py``, ``registry.py``, ``testing.py``.
 """
 
