@@ -20,6 +20,7 @@ __all__ = ["Address", "Endpoint"]
 Address = tuple[str, int] | str
 
 _SOCKET_PORT = re.compile(r"-(\d+)\.sock$")
+_NUMERIC = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Endpoint:
         if isinstance(self.address, str):
             return self
         host, port = self.address
+        if _NUMERIC.match(host):
+            return self  # already an address: nothing to resolve
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         return Endpoint((str(info[0][4][0]), port))
