@@ -6,6 +6,7 @@ root. Tests skip, with a message saying so, where that is not possible.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+
+from rpcgen.runtime.poll import retry
 
 _NAMES = itertools.count()
 
@@ -36,14 +39,31 @@ def skip_unless_root() -> None:
 def other_user() -> Iterator[OtherUser]:
     skip_unless_root()
     name = f"rpcgt{os.getpid() % 100000}x{next(_NAMES)}"
-    subprocess.run(
-        ["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-        timeout=30,
+    # useradd takes a lock on /etc/passwd: a test on another xdist worker may hold it.
+    made = retry(
+        lambda _: subprocess.run(
+            ["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ),
+        retry_on=subprocess.CalledProcessError,
+        timeout_s=30,
+        initial=0.05,
+        maximum=0.5,
     )
+    assert made.returncode == 0
     try:
         entry = pwd.getpwnam(name)
         yield OtherUser(name, entry.pw_uid, entry.pw_gid)
     finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=30, check=False)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            retry(
+                lambda _: subprocess.run(
+                    ["userdel", name], check=True, capture_output=True, timeout=30
+                ),
+                retry_on=subprocess.CalledProcessError,
+                timeout_s=30,
+                initial=0.05,
+                maximum=0.5,
+            )
