@@ -89,7 +89,7 @@ class Gate:
         self.clock = clock
         self.pending: OrderedDict[socket.socket, _Pending] = OrderedDict()
         self.selector = selectors.DefaultSelector()
-        #: counts, for tests and the reliability report
+        #: what was dropped or refused, and why (tests read these)
         self.dropped_late = 0
         self.dropped_for_room = 0
         self.refused = 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import errno
 import os
 import secrets
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from .errors import KeyFileError
 
-__all__ = ["KEY_BYTES", "create_key_file", "encode_key", "read_key", "write_key"]
+__all__ = ["KEY_BYTES", "create_key_file", "encode_key", "read_key"]
 
 KEY_BYTES = 32
 #: The longest form, with its newline: a larger file is not a key file.
@@ -143,21 +142,3 @@ def create_key_file(path: str | os.PathLike[str]) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(encode_key(key))
     return key
-
-
-def write_key(path: Path, key: bytes) -> None:
-    """Replace ``path`` with ``key`` (hex) atomically: a random temp name, then rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
-        0o600,
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_key(key))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

@@ -277,10 +277,7 @@ class RPCProxy(CallsByName):
         except TooLarge as exc:  # nothing of it was read: the connection is out of step
             self._rpc_discard(conn)
             raise self._rpc_too_large("reply", exc.size) from None
-        except ProtocolError as exc:
-            self._rpc_discard(conn)
-            raise self._rpc_transport_error(method, exc) from exc
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, ProtocolError) as exc:
             self._rpc_discard(conn)
             raise self._rpc_transport_error(method, exc) from exc
         except BaseException:

@@ -18,6 +18,7 @@ it; an actor Ray has given up on, its owner creates anew.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -366,8 +367,7 @@ class RayBackend:
                     )
             return result
 
-        probe = judge_health(check)
-        return Probe(probe.kind, probe.detail, probe.fatal, server=judged)
+        return dataclasses.replace(judge_health(check), server=judged)
 
     def watch(self, on_exit: Callable[[str, ServerRef], None]) -> None:
         pass  # Ray restarts a dead actor itself

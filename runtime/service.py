@@ -318,16 +318,20 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
     def _server_proxy(self) -> ServerT:
         proxy = self._rpc_backend.proxy
         if proxy is None:
-            state = self._rpc_life.state
-            if state is ServiceState.STOPPED:
-                raise ServiceStopped(service=self.service_name)
-            raise ServiceUnavailable(
-                service=self.service_name,
-                host=self.host,
-                port=self.port,
-                reason=f"the service is {state.value}; call _initialize_service() first",
-            )
+            raise self._rpc_no_server()
         return cast(ServerT, proxy)
+
+    def _rpc_no_server(self) -> ServiceError:
+        """Why there is no server to call: stopped, or not started (yet)."""
+        state = self._rpc_life.state
+        if state is ServiceState.STOPPED:
+            return ServiceStopped(service=self.service_name)
+        return ServiceUnavailable(
+            service=self.service_name,
+            host=self.host,
+            port=self.port,
+            reason=f"the service is {state.value}; call _initialize_service() first",
+        )
 
     @property
     def _server_proxy_untyped(self) -> Any:
@@ -354,9 +358,9 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         timeout_s: float | None = None,
     ) -> Awaitable[Any]:
         """Call server method ``method`` from a coroutine (what :attr:`aio` uses)."""
-        self._server_proxy  # noqa: B018  (raises the typed error if there is no server)
         calls = self._rpc_backend.calls
-        assert calls is not None, "a backend with a proxy has a call path"
+        if calls is None:
+            raise self._rpc_no_server()
         return calls._rpc_acall(method, args, kwargs, timeout_s)
 
     @staticmethod

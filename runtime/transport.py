@@ -36,6 +36,7 @@ from typing import Any
 
 from .endpoint import Address, Endpoint
 from .errors import RemoteCallError, ServiceAuthenticationError, ServiceUnavailable
+from .wire import read_exactly, write_all
 
 __all__ = [
     "OBJECT_ID",
@@ -189,22 +190,6 @@ def proof(key: bytes, role: bytes, first: bytes, second: bytes, binding: bytes) 
     return hmac.new(key, role + b"\0" + first + second + binding, "sha256").digest()
 
 
-def _read_exactly(fd: int, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
-            raise EOFError("the peer closed the connection during the handshake")
-        data += chunk
-    return data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def client_handshake(fd: int, key: bytes, binding: bytes) -> None:
     """The client's side: send a nonce; check the server's proof; only then prove ours.
 
@@ -212,12 +197,12 @@ def client_handshake(fd: int, key: bytes, binding: bytes) -> None:
     program that is not the server, or a relay. Nothing derived from the key was sent.
     """
     mine = secrets.token_bytes(_NONCE)
-    _write_all(fd, HELLO + mine)
-    reply = _read_exactly(fd, 2 * _NONCE)
+    write_all(fd, HELLO + mine)
+    reply = read_exactly(fd, 2 * _NONCE)
     theirs, shown = reply[:_NONCE], reply[_NONCE:]
     if not hmac.compare_digest(shown, proof(key, b"server", mine, theirs, binding)):
         raise AuthenticationError("the server did not prove that it holds the key")
-    _write_all(fd, proof(key, b"client", theirs, mine, binding))
+    write_all(fd, proof(key, b"client", theirs, mine, binding))
 
 
 managers.listener_client[SERIALIZER] = (NoDelayListener, _nodelay_client)  # type: ignore[attr-defined]

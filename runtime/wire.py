@@ -24,9 +24,11 @@ __all__ = [
     "TooLarge",
     "dumps",
     "looks_big",
+    "read_exactly",
     "recv_message",
     "send_message",
     "tagged_frame",
+    "write_all",
     "write_frames",
 ]
 
@@ -106,16 +108,16 @@ _FIRST = 1 << 20
 def send_message(fd: int, data: bytes | memoryview) -> None:
     n = len(data)
     if n > 0x7FFFFFFF:
-        _write_all(fd, _HEADER.pack(-1) + _LONG.pack(n))
-        _write_all(fd, data)
+        write_all(fd, _HEADER.pack(-1) + _LONG.pack(n))
+        write_all(fd, data)
     elif n <= _SMALL:
-        _write_all(fd, _HEADER.pack(n) + data)
+        write_all(fd, _HEADER.pack(n) + data)
     else:
-        _write_all(fd, _HEADER.pack(n))
-        _write_all(fd, data)
+        write_all(fd, _HEADER.pack(n))
+        write_all(fd, data)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     sent = os.write(fd, data)
     if sent < len(data):
         view = memoryview(data)
@@ -154,6 +156,11 @@ def recv_message(fd: int, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes |
         if got == n:
             return buffer
         buffer.extend(bytes(min(len(buffer), n - len(buffer))))
+
+
+def read_exactly(fd: int, n: int) -> bytes:
+    """``n`` bytes from a blocking ``fd``; EOFError if the peer closes first."""
+    return _read_rest(fd, b"", n)
 
 
 def _read_rest(fd: int, start: bytes, n: int) -> bytes:
@@ -210,7 +217,7 @@ def write_frames(fd: int, pieces: list[bytes | memoryview]) -> None:
         total = sum(len(piece) for piece in batch)
         sent = os.writev(fd, batch)
         if sent < total:
-            _write_all(fd, memoryview(b"".join(batch))[sent:])
+            write_all(fd, memoryview(b"".join(batch))[sent:])
 
 
 class FrameReader:

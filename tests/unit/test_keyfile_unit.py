@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rpcgen.runtime import KeyFileError
-from rpcgen.runtime.keyfile import create_key_file, read_key, write_key
+from rpcgen.runtime.keyfile import create_key_file, read_key
 
 KEY = bytes(range(32))
 
@@ -102,5 +102,3 @@ def test_a_new_key_file_is_hex_0600_and_read_back(tmp_path: Path) -> None:
     assert len(key) == 32 and path.read_text() == key.hex() + "\n"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert create_key_file(path) == key  # exists: read, not replaced
-    write_key(path, KEY)
-    assert read_key(path) == KEY and not list(tmp_path.glob(".*tmp"))
