@@ -158,8 +158,17 @@ class Gate:
         return True
 
     def _make_room(self) -> bool:
-        """Drop the oldest peer that has not sent its hello yet; False if there is none."""
-        for pending in self.pending.values():
+        """Drop the oldest peer that has not sent its hello yet; False if there is none.
+
+        A candidate's waiting bytes are read first: a client whose hello has arrived but
+        was not read yet (a burst of accepts came first) is at work, not stalled.
+        """
+        for pending in list(self.pending.values()):
+            if pending.stage != "hello":
+                continue
+            self._step(pending, selectors.EVENT_READ)
+            if self.pending.get(pending.sock) is not pending:
+                return True  # it hung up or was refused: room made
             if pending.stage == "hello":
                 self.dropped_for_room += 1
                 self._close(pending)

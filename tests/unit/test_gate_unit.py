@@ -119,3 +119,36 @@ def test_room_is_made_by_dropping_the_oldest_stalled_peer_not_a_client_at_work()
         assert len(at_work.recv(64)) > 0  # the server's proof: still served
         newcomer.close()
         at_work.close()
+
+
+def test_a_client_whose_hello_waits_unread_is_not_taken_for_a_stalled_peer() -> None:
+    # Driven by hand (no gate thread), so the hello is in the socket, not yet read, when
+    # room is needed: as after a burst of accepts.
+    listener = socket.create_server(("127.0.0.1", 0))
+    gate = Gate(
+        listener,
+        KEY,
+        serve=lambda sock, request: sock.close(),
+        stop=threading.Event(),
+        deadline_s=10.0,
+        max_pending=1,
+        clock=FakeClock(),
+    )
+    listener.setblocking(False)
+    with _client(gate) as at_work:
+        at_work.sendall(HELLO + secrets.token_bytes(32))
+        gate._accept()  # at_work waits, its hello unread
+        [waiting] = gate.pending.values()
+        assert waiting.stage == "hello"
+        newcomer = _client(gate)
+        gate._accept()  # newcomer: the gate is full
+        assert gate.dropped_for_room == 1
+        assert [p.sock for p in gate.pending.values()] == [waiting.sock]
+        assert waiting.stage == "proof"  # read on the spot: a client at work
+        assert len(at_work.recv(64)) > 0  # and answered
+        assert _closed(newcomer)  # turned away instead
+        newcomer.close()
+    for pending in list(gate.pending.values()):
+        gate._close(pending)
+    gate.selector.close()
+    listener.close()
