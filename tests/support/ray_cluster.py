@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from rpcgen.runtime.poll import wait_until as poll_until
 from tests.support.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +162,14 @@ def start_node(
     if head_address is None:
         recorded = folder / "ray_current_cluster"
         fallback = f"{node_ip or '127.0.0.1'}:{port}"
-        node.address = recorded.read_text().strip() if recorded.exists() else fallback
+
+        def written() -> str:
+            return recorded.read_text().strip() if recorded.exists() else ""
+
+        # Ray may say "started" a moment before the file has its text (seen once in CI:
+        # an empty address): wait for it, bounded, then use the address we asked for.
+        poll_until(lambda: bool(written()), timeout_s=10)
+        node.address = written() or fallback
     node.env = {
         "RAY_ADDRESS": node.address,
         "RAY_TMPDIR": str(folder),
