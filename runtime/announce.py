@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "MARKER_PREFIX",
@@ -79,6 +79,9 @@ class ReadySignal:
         ctx = ctx or multiprocessing.get_context()
         self._reader, self._writer = ctx.Pipe(duplex=False)
         self._outcome: tuple[str, str | None] | None = None
+        #: the owner's TLS settings, for serve_rpc in the server process (a TlsPolicy:
+        #: the design doc's ``_start_server_process`` passes nothing else that could)
+        self.tls: Any = None
 
     def __repr__(self) -> str:
         return f"<ReadySignal outcome={self._outcome!r}>"

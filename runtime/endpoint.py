@@ -9,6 +9,7 @@ owns the label for messages, the socket address, connecting, and the in-use prob
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import socket
@@ -133,3 +134,13 @@ class Endpoint:
         """Unix: remove the socket file, for a caller that has just seen nobody listen."""
         if self.path is not None and os.path.exists(self.path):
             os.unlink(self.path)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (a name or an address)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

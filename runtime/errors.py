@@ -8,6 +8,9 @@ callers' existing ``except`` clauses already catch::
     │   ├── CallTimeout (TimeoutError)            no reply within the call's timeout
     │   └── ServiceNotFound                       attach(): no such service runs here
     ├── ServiceAuthenticationError (multiprocessing.AuthenticationError)
+    │   └── ServiceTLSError                       TLS setup failed: the server's certificate
+    │                                             is not the trusted one, or one side has
+    │                                             no TLS
     ├── KeyFileError (PermissionError)            a key file that is not safe or not a key
     ├── RemoteCallError (RuntimeError)            server failed outside the method, or its
     │                                             exception cannot be rebuilt here
@@ -62,6 +65,7 @@ __all__ = [
     "ServiceNotFound",
     "ServiceStartError",
     "ServiceStopped",
+    "ServiceTLSError",
     "ServiceUnavailable",
     "StartupError",
     "StartupTimeout",
@@ -163,6 +167,24 @@ class ServiceAuthenticationError(AuthenticationError, ServiceError):
             f"{_where(service, host, port)} did not prove that it holds the service's key, "
             "so nothing was sent to it: another program may own the port, a relay may "
             "stand in between, or this client holds the key of an earlier server start"
+        )
+
+
+class ServiceTLSError(ServiceAuthenticationError):
+    """TLS could not be set up with the server, so nothing of this client's was sent."""
+
+    def __init__(self, *, service: str, host: str, port: int | str, reason: str) -> None:
+        self.service, self.host, self.port, self.reason = service, host, port, reason
+        hint = (
+            "the server's certificate is not the one this client trusts: with the default "
+            "(no ssl_context) the server holds a different key, or another program owns the "
+            "port; with ssl_context, check its CA and the server's certificate"
+            if "certificate" in reason or "verify" in reason
+            else "both sides need the same tls= setting (a server started with "
+            "tls='insecure-plaintext', or an older rpcgen, does not speak TLS)"
+        )
+        AuthenticationError.__init__(
+            self, f"{_where(service, host, port)}: TLS setup failed ({reason}); {hint}"
         )
 
 

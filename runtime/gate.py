@@ -8,7 +8,10 @@ even sent its hello is dropped (one that has is a client at work: a newcomer is
 turned away before it is). So peers that trickle a byte now and then, or never
 finish, cannot hold the server's threads or file descriptors: real clients, which
 finish in milliseconds, still get in. An authenticated connection is handed to
-``serve(socket, request)`` in a thread of its own.
+``serve(socket, request, tls)`` in a thread of its own.
+
+With a TLS context the TLS handshake comes first, run the same way (in memory,
+:class:`~.tls.Tls`), and rpcgen's handshake follows inside it, bound to the channel.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import resource
 import secrets
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -28,7 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .transport import HELLO, proof, socket_binding
+from .tls import Tls
+from .transport import HELLO, TLS_BINDING, proof, socket_binding
 
 __all__ = ["Gate", "default_max_pending"]
 
@@ -40,6 +45,9 @@ _HEADER = struct.Struct("!i")
 FIRST_REQUEST = 1 << 16
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BATCH = 16
+_TLS_READ = 1 << 16
+#: Stages before the peer's hello: a peer still here is not a client at work yet.
+_UNGREETED = ("tls", "hello")
 
 
 def default_max_pending() -> int:
@@ -52,12 +60,24 @@ def default_max_pending() -> int:
 class _Pending:
     """One connection's handshake, a step at a time as bytes can be read or written."""
 
-    __slots__ = ("binding", "buffer", "deadline", "mine", "need", "out", "sock", "stage", "theirs")
+    __slots__ = (
+        "binding",
+        "buffer",
+        "deadline",
+        "mine",
+        "need",
+        "out",
+        "sock",
+        "stage",
+        "theirs",
+        "tls",
+    )
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, tls: Tls | None) -> None:
         self.sock = sock
         self.deadline = deadline
-        self.stage = "hello"
+        self.tls = tls
+        self.stage = "hello" if tls is None else "tls"
         self.need = len(HELLO) + _NONCE
         self.buffer = b""
         self.out = b""
@@ -74,14 +94,16 @@ class Gate:
         listener: socket.socket,
         key: bytes,
         *,
-        serve: Callable[[socket.socket, tuple[Any, ...]], None],
+        serve: Callable[[socket.socket, tuple[Any, ...], Tls | None], None],
         stop: threading.Event,
         deadline_s: float,
         max_pending: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.listener = listener
         self.key = key
+        self.tls = tls
         self.serve = serve
         self.stop = stop
         self.deadline_s = deadline_s
@@ -152,7 +174,8 @@ class Gate:
                 self.dropped_for_room += 1
                 sock.close()  # every waiting peer is a client at work: turn this one away
                 continue
-            pending = _Pending(sock, self.clock() + self.deadline_s)
+            tls = Tls(self.tls, server_side=True) if self.tls is not None else None
+            pending = _Pending(sock, self.clock() + self.deadline_s, tls)
             self.pending[sock] = pending
             self.selector.register(sock, selectors.EVENT_READ, pending)
         return True
@@ -164,12 +187,12 @@ class Gate:
         was not read yet (a burst of accepts came first) is at work, not stalled.
         """
         for pending in list(self.pending.values()):
-            if pending.stage != "hello":
+            if pending.stage not in _UNGREETED:
                 continue
             self._step(pending, selectors.EVENT_READ)
             if self.pending.get(pending.sock) is not pending:
                 return True  # it hung up or was refused: room made
-            if pending.stage == "hello":
+            if pending.stage in _UNGREETED:
                 self.dropped_for_room += 1
                 self._close(pending)
                 return True
@@ -202,7 +225,10 @@ class Gate:
                 return
             if not events & selectors.EVENT_READ:
                 return
-            data = pending.sock.recv(pending.need - len(pending.buffer))
+            # Plain: never read past what this stage needs (the rest is the served
+            # connection's). TLS: whole records; a client sends nothing more until answered.
+            want = _TLS_READ if pending.tls else pending.need - len(pending.buffer)
+            data = pending.sock.recv(want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -211,32 +237,63 @@ class Gate:
         if not data:
             self._close(pending)
             return
-        pending.buffer += data
-        if len(pending.buffer) < pending.need:
-            return
         try:
-            self._advance(pending)
+            if pending.tls is not None:
+                data = self._open_tls(pending, pending.tls, data)
+            pending.buffer += data
+            while pending.need and len(pending.buffer) >= pending.need:
+                chunk = pending.buffer[: pending.need]
+                pending.buffer = pending.buffer[pending.need :]
+                self._advance(pending, chunk)
         except (ValueError, OSError, pickle.UnpicklingError, EOFError) as exc:
             logger.debug("refused a connection: %s", exc)
             self.refused += 1
             self._close(pending)
 
-    def _advance(self, pending: _Pending) -> None:
-        data, pending.buffer = pending.buffer, b""
+    def _open_tls(self, pending: _Pending, tls: Tls, data: bytes) -> bytes:
+        """The plain text in ``data`` (TLS setup first; ``ssl.SSLError`` if it fails)."""
+        if pending.stage != "tls":
+            return tls.decrypt(data)
+        try:
+            done, out, plain = tls.handshake(data)
+        except ssl.SSLError:
+            with contextlib.suppress(OSError):  # say why (e.g. no client certificate)
+                pending.sock.send(tls.alert())
+            raise
+        if out:
+            self._send_raw(pending, out)
+        if not done:
+            return b""
+        pending.stage = "hello"
+        return plain
+
+    def _send(self, pending: _Pending, data: bytes) -> None:
+        self._send_raw(pending, pending.tls.encrypt(data) if pending.tls else data)
+
+    def _send_raw(self, pending: _Pending, data: bytes) -> None:
+        if pending.out:
+            pending.out += data
+            return
+        sent = pending.sock.send(data)
+        if sent < len(data):
+            pending.out = data[sent:]
+            self.selector.modify(pending.sock, selectors.EVENT_WRITE, pending)
+
+    def _advance(self, pending: _Pending, data: bytes) -> None:
         if pending.stage == "hello":
             if data[: len(HELLO)] != HELLO:
                 raise ValueError("the peer does not speak rpcgen's handshake")
             pending.theirs = data[len(HELLO) :]
             pending.mine = secrets.token_bytes(_NONCE)
-            pending.binding = socket_binding(pending.sock.getsockname())
-            out = pending.mine + proof(
-                self.key, b"server", pending.theirs, pending.mine, pending.binding
+            pending.binding = (
+                TLS_BINDING if pending.tls else socket_binding(pending.sock.getsockname())
+            )
+            self._send(
+                pending,
+                pending.mine
+                + proof(self.key, b"server", pending.theirs, pending.mine, pending.binding),
             )
             pending.stage, pending.need = "proof", _NONCE
-            sent = pending.sock.send(out)
-            if sent < len(out):
-                pending.out = out[sent:]
-                self.selector.modify(pending.sock, selectors.EVENT_WRITE, pending)
         elif pending.stage == "proof":
             expected = proof(self.key, b"client", pending.mine, pending.theirs, pending.binding)
             if not secrets.compare_digest(data, expected):
@@ -251,13 +308,16 @@ class Gate:
             request = pickle.loads(data)
             if not isinstance(request, tuple) or len(request) != 4:
                 raise ValueError("a first request that is not (id, name, args, kwargs)")
+            if pending.buffer or pending.out:
+                raise ValueError("the peer sent more before its first reply")
+            pending.need = 0
             self._close(pending, keep_socket=True)
             pending.sock.setblocking(True)
-            self._hand_off(pending.sock, request)
+            self._hand_off(pending.sock, request, pending.tls)
 
-    def _hand_off(self, sock: socket.socket, request: tuple[Any, ...]) -> None:
+    def _hand_off(self, sock: socket.socket, request: tuple[Any, ...], tls: Tls | None) -> None:
         try:
-            threading.Thread(target=self.serve, args=(sock, request), daemon=True).start()
+            threading.Thread(target=self.serve, args=(sock, request, tls), daemon=True).start()
         except RuntimeError as exc:  # no thread can be started now
             logger.warning("could not serve an authenticated connection (%r)", exc)
             sock.close()

@@ -18,6 +18,7 @@ import concurrent.futures
 import itertools
 import os
 import socket
+import ssl
 import threading
 import weakref
 from asyncio import get_running_loop
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import CallTimeout, MessageTooLarge, ServiceStopped
+from .tls import Tls
 from .transport import OBJECT_ID
 from .wire import FrameReader, ProtocolError, dumps, looks_big, tagged_frame
 
@@ -55,6 +57,7 @@ class MuxConnection:
         decode: Callable[[str, bytes], Any],
         lost_error: Callable[[str, BaseException | None], Exception],
         max_bytes: int,
+        tls: Tls | None = None,
     ) -> None:
         # Weak: the proxy's table maps the loop (weakly) to us, so a strong reference
         # here would keep every finished asyncio.run() loop, and our fd, alive.
@@ -73,6 +76,8 @@ class MuxConnection:
         self._ids = itertools.count(1)
         self._reader = FrameReader(max_bytes)
         self._out: list[bytes | memoryview] = []
+        self._tls = tls
+        self._sealed = b""  # TLS: encrypted bytes the socket did not take yet
         self._flush_scheduled = False
         self._writer_registered = False
         os.set_blocking(fd, False)
@@ -109,9 +114,14 @@ class MuxConnection:
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_scheduled = False
         out = self._out
-        if not out or self.closed:
+        if (not out and not self._sealed) or self.closed:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        if self._tls is None:
+            data: bytes | memoryview = out[0] if len(out) == 1 else b"".join(out)
+        else:
+            # Encrypted once, in order; what the socket does not take waits, sealed.
+            data = self._sealed + self._tls.encrypt_all(out) if out else self._sealed
+            self._sealed = b""
         try:
             sent = os.write(self.fd, data)
         except BlockingIOError:
@@ -120,7 +130,10 @@ class MuxConnection:
             self._lost(exc)
             return
         if sent < len(data):
-            self._out = [memoryview(data)[sent:]]
+            if self._tls is None:
+                self._out = [memoryview(data)[sent:]]
+            else:
+                self._out, self._sealed = [], bytes(memoryview(data)[sent:])
             if not self._writer_registered:
                 loop.add_writer(self.fd, self._flush, loop)
                 self._writer_registered = True
@@ -142,8 +155,10 @@ class MuxConnection:
             self._lost(None)
             return
         try:
+            if self._tls is not None:
+                data = self._tls.decrypt(data)
             frames = self._reader.feed(data)
-        except ProtocolError as exc:
+        except (ProtocolError, ssl.SSLError) as exc:
             self._lost(exc)
             return
         pending = self._pending
@@ -233,8 +248,9 @@ class MuxClient(Protocol):
     _rpc_closed: bool
     _rpc_max_message_bytes: int
 
-    def _rpc_open_mux(self, timeout_s: float | None) -> tuple[int, int]:
-        """Handshake (blocking): a multiplexed connection's fd, and its generation."""
+    def _rpc_open_mux(self, timeout_s: float | None) -> tuple[int, int, Tls | None]:
+        """Handshake (blocking): a multiplexed connection's fd, its generation, and its
+        TLS state (None: plain)."""
         ...
 
     def _rpc_decode(self, method: str, reply: bytes) -> Any: ...
@@ -349,7 +365,9 @@ class LoopConnections:
         # The handshake blocks (and may wait for a restart): not on the loop's thread. Its
         # own thread, not the loop's executor: if this task is cancelled (asyncio.run()
         # ending mid-connect), the fd the handshake still returns must be closed, not leaked.
-        handshake: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+        handshake: concurrent.futures.Future[tuple[int, int, Tls | None]] = (
+            concurrent.futures.Future()
+        )
         threading.Thread(
             target=_handshake,
             args=(client, timeout_s, handshake),
@@ -357,7 +375,7 @@ class LoopConnections:
             daemon=True,
         ).start()
         try:
-            fd, generation = await asyncio.wrap_future(handshake)
+            fd, generation, tls = await asyncio.wrap_future(handshake)
         except asyncio.CancelledError:
             handshake.add_done_callback(_close_unused)
             raise
@@ -368,6 +386,7 @@ class LoopConnections:
             decode=client._rpc_decode,
             lost_error=client._rpc_transport_error,
             max_bytes=client._rpc_max_message_bytes,
+            tls=tls,
         )
         with self.lock:
             # The proxy sets _rpc_closed before it closes us (under this lock): a
@@ -387,7 +406,7 @@ class LoopConnections:
 def _handshake(
     client: MuxClient,
     timeout_s: float | None,
-    result: concurrent.futures.Future[tuple[int, int]],
+    result: concurrent.futures.Future[tuple[int, int, Tls | None]],
 ) -> None:
     if not result.set_running_or_notify_cancel():
         return  # the caller was cancelled before we began
@@ -397,6 +416,6 @@ def _handshake(
         result.set_exception(exc)
 
 
-def _close_unused(result: concurrent.futures.Future[tuple[int, int]]) -> None:
+def _close_unused(result: concurrent.futures.Future[tuple[int, int, Tls | None]]) -> None:
     if not result.cancelled() and result.exception() is None:
         os.close(result.result()[0])

@@ -188,6 +188,7 @@ class ProcessBackend:
             authkey=key,
             connect_timeout_s=self.settings.connect_timeout_s,
             max_message_bytes=self.settings.max_message_bytes,
+            tls=self.settings.tls,
             wait_ready=(
                 self.life.not_restarting.wait if self.life.is_owner else self._follow_directory
             ),
@@ -206,6 +207,7 @@ class ProcessBackend:
         )
         authkey = self.key()
         ready = ReadySignal(multiprocessing.get_context(settings.start_method))
+        ready.tls = settings.tls  # for serve_rpc, which the server process calls
         try:
             process = self.start_process(address, authkey, ready)
             ready.close_writer()
@@ -279,6 +281,7 @@ class ProcessBackend:
                     authkey,
                     service=settings.service,
                     timeout_s=settings.shutdown_timeout_s,
+                    tls=settings.tls,
                 )
 
         code = stop_process(

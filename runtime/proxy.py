@@ -16,7 +16,6 @@ import socket
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from multiprocessing import connection
 from typing import TYPE_CHECKING, Any
 
 from .backend import CallsByName
@@ -31,7 +30,8 @@ from .errors import (
     ServiceUnavailable,
 )
 from .remote import unpack_exception
-from .transport import OBJECT_ID, describe, open_connection
+from .tls import Tls, TlsPolicy, TlsStream
+from .transport import OBJECT_ID, Link, describe, open_connection, stream_of
 from .wire import ProtocolError, TooLarge, dumps, looks_big, recv_message, send_message
 
 if TYPE_CHECKING:
@@ -47,12 +47,12 @@ class _Holder:
 
     __slots__ = ("__weakref__", "conn", "generation")
 
-    def __init__(self, conn: connection.Connection, generation: int) -> None:
+    def __init__(self, conn: Link, generation: int) -> None:
         self.conn = conn
         self.generation = generation
 
 
-def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: connection.Connection) -> None:
+def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: Link) -> None:
     proxy = proxy_ref()
     # A forked child frees the other threads' thread-locals inside os.fork(), before
     # any at-fork hook: the proxy's lock may have been held by one of those threads
@@ -91,8 +91,10 @@ class RPCProxy(CallsByName):
         connect_timeout_s: float = 10.0,
         wait_ready: Callable[[float], bool] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: TlsPolicy | None = None,
     ) -> None:
         self._rpc_service = service
+        self._rpc_tls_policy = tls or TlsPolicy()
         self._rpc_max_message_bytes = max_message_bytes
         self._rpc_address = address
         self._rpc_authkey = authkey
@@ -104,7 +106,7 @@ class RPCProxy(CallsByName):
     def _rpc_init_state(self) -> None:
         self._rpc_tls = threading.local()
         self._rpc_lock = threading.Lock()
-        self._rpc_conns: set[connection.Connection] = set()
+        self._rpc_conns: set[Link] = set()
         self._rpc_generation = 0
         self._rpc_closed = False
         self._rpc_pid = os.getpid()
@@ -118,9 +120,7 @@ class RPCProxy(CallsByName):
 
     # -- connection management -------------------------------------------------
 
-    def _rpc_connection(
-        self, *, wait_ready: bool = True, timeout_s: float | None = None
-    ) -> connection.Connection:
+    def _rpc_connection(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> Link:
         holder: _Holder | None = getattr(self._rpc_tls, "holder", None)
         if (
             holder is not None
@@ -130,9 +130,7 @@ class RPCProxy(CallsByName):
             return holder.conn
         return self._rpc_open(wait_ready=wait_ready, timeout_s=timeout_s)
 
-    def _rpc_open(
-        self, *, wait_ready: bool = True, timeout_s: float | None = None
-    ) -> connection.Connection:
+    def _rpc_open(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> Link:
         """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
         conn, generation = self._rpc_handshake(wait_ready=wait_ready, timeout_s=timeout_s)
         with self._rpc_lock:
@@ -145,18 +143,19 @@ class RPCProxy(CallsByName):
         self._rpc_tls.holder = holder
         return conn
 
-    def _rpc_open_mux(self, timeout_s: float | None = None) -> tuple[int, int]:
-        """Open a multiplexed connection (blocking): its own fd, and the generation."""
+    def _rpc_open_mux(self, timeout_s: float | None = None) -> tuple[int, int, Tls | None]:
+        """Open a multiplexed connection (blocking): its own fd, the generation, and its
+        TLS state (None: plain)."""
         conn, generation = self._rpc_handshake(wait_ready=True, timeout_s=timeout_s, mux=True)
         try:
             fd = os.dup(conn.fileno())
         finally:
             conn.close()
-        return fd, generation
+        return fd, generation, conn.tls if isinstance(conn, TlsStream) else None
 
     def _rpc_handshake(
         self, *, wait_ready: bool, timeout_s: float | None, mux: bool = False
-    ) -> tuple[connection.Connection, int]:
+    ) -> tuple[Link, int]:
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
         bound = self._rpc_connect_timeout_s
@@ -166,13 +165,14 @@ class RPCProxy(CallsByName):
         if ready is not None:
             ready(bound)  # a restart is under way: wait for it (bounded), don't fail fast
 
-        def attempt() -> connection.Connection:  # the address and key as they are now
+        def attempt() -> Link:  # the address and key as they are now
             return open_connection(
                 self._rpc_address,
                 self._rpc_authkey,
                 service=self._rpc_service,
                 timeout_s=bound,
                 mux=mux,
+                tls=self._rpc_tls_policy,
             )
 
         generation = self._rpc_generation
@@ -193,7 +193,7 @@ class RPCProxy(CallsByName):
         """How a new connection waits for the server (a forked copy follows it instead)."""
         self._rpc_wait_ready = wait_ready
 
-    def _rpc_forget(self, conn: connection.Connection) -> bool:
+    def _rpc_forget(self, conn: Link) -> bool:
         """Take ``conn`` out of the set; True if it was there: then the caller closes it.
 
         Whoever takes a connection out of the set (under the lock) closes it, and only
@@ -207,7 +207,7 @@ class RPCProxy(CallsByName):
                 return True
             return False
 
-    def _rpc_discard(self, conn: connection.Connection) -> None:
+    def _rpc_discard(self, conn: Link) -> None:
         self._rpc_tls.holder = None
         if self._rpc_forget(conn):
             conn.close()
@@ -268,12 +268,12 @@ class RPCProxy(CallsByName):
             raise self._rpc_too_large("request", len(payload))
         conn = self._rpc_connection(timeout_s=timeout_s)
         try:
-            send_message(conn.fileno(), payload)
+            send_message(stream_of(conn), payload)
             del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
             if timeout_s is not None and not conn.poll(timeout_s):
                 reply = None
             else:
-                reply = recv_message(conn.fileno(), limit)
+                reply = recv_message(stream_of(conn), limit)
         except TooLarge as exc:  # nothing of it was read: the connection is out of step
             self._rpc_discard(conn)
             raise self._rpc_too_large("reply", exc.size) from None
@@ -374,12 +374,18 @@ class RPCProxy(CallsByName):
                 self._rpc_authkey,
                 self._rpc_connect_timeout_s,
                 self._rpc_max_message_bytes,
+                self._rpc_tls_policy,
             ),
         )
 
 
 def _rebuild_proxy(
-    service: str, address: Address, authkey: bytes, timeout_s: float, max_bytes: int
+    service: str,
+    address: Address,
+    authkey: bytes,
+    timeout_s: float,
+    max_bytes: int,
+    tls: TlsPolicy | None = None,
 ) -> RPCProxy:
     return RPCProxy(
         service=service,
@@ -387,10 +393,11 @@ def _rebuild_proxy(
         authkey=authkey,
         connect_timeout_s=timeout_s,
         max_message_bytes=max_bytes,
+        tls=tls,
     )
 
 
-def _shutdown_and_close(conn: connection.Connection) -> None:
+def _shutdown_and_close(conn: Link) -> None:
     # shutdown() wakes a thread blocked in recv on this socket before the fd is closed,
     # so that thread cannot later touch a reused fd number.
     if conn.closed:

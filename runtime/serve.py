@@ -16,6 +16,7 @@ import queue
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import traceback
@@ -36,10 +37,12 @@ from .constants import (
 from .endpoint import Address, Endpoint
 from .gate import Gate
 from .remote import pack_exception
-from .transport import OBJECT_ID, SERIALIZER, set_recv_timeout
+from .tls import Tls, TlsPolicy, TlsStream
+from .transport import OBJECT_ID, SERIALIZER, Link, set_recv_timeout, stream_of
 from .wire import (
     FrameReader,
     ProtocolError,
+    Stream,
     dumps,
     looks_big,
     recv_message,
@@ -75,6 +78,7 @@ class _RPCServer(managers.Server):
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # Registering the typeid too lets a BaseManager client that speaks rpcgen's
         # handshake (serializer "rpcgen") reach the same object by its typeid.
@@ -89,6 +93,7 @@ class _RPCServer(managers.Server):
         self.handshake_timeout_s = handshake_timeout_s
         self.max_concurrent_calls = max_concurrent_calls
         self.max_message_bytes = max_message_bytes
+        self.ssl_context = ssl_context
 
     def accepter(self) -> None:
         """Accept and authenticate connections in one thread (see :mod:`.gate`): a
@@ -100,12 +105,15 @@ class _RPCServer(managers.Server):
             serve=self._serve_authenticated,
             stop=self.stop_event,
             deadline_s=self.handshake_timeout_s,
+            tls=self.ssl_context,
         ).run()
 
-    def _serve_authenticated(self, sock: socket.socket, request: tuple[Any, ...]) -> None:
+    def _serve_authenticated(
+        self, sock: socket.socket, request: tuple[Any, ...], tls: Tls | None = None
+    ) -> None:
         """An authenticated connection: what its first request asks for (as the stock
         Server's ``handle_request`` does after its handshake)."""
-        conn = Connection(sock.detach())
+        conn: Link = Connection(sock.detach()) if tls is None else TlsStream(sock.detach(), tls)
         try:
             msg: tuple[str, Any]
             try:
@@ -127,34 +135,35 @@ class _RPCServer(managers.Server):
         finally:
             conn.close()
 
-    def accept_connection(self, c: Connection, name: str) -> None:
+    def accept_connection(self, c: Link, name: str) -> None:
         set_recv_timeout(c, 0)  # authenticated: an idle connection may wait for ever
-        super().accept_connection(c, name)
+        # send and recv are all the stock loop uses: a TLS stream has both
+        super().accept_connection(c, name)  # type: ignore[arg-type]
 
-    def rpcgen_accept(self, conn: Connection, name: str) -> None:
+    def rpcgen_accept(self, conn: Link, name: str) -> None:
         set_recv_timeout(conn, 0)  # authenticated: an idle connection may wait for ever
         threading.current_thread().name = name
         conn.send(("#RETURN", None))
         self._serve_calls(conn)
         raise SystemExit(0)  # handle_request closes the connection, as for the stock loop
 
-    def rpcgen_accept_mux(self, conn: Connection, name: str) -> None:
+    def rpcgen_accept_mux(self, conn: Link, name: str) -> None:
         set_recv_timeout(conn, 0)
         threading.current_thread().name = name
         conn.send(("#RETURN", None))
-        _MuxSession(self, conn.fileno()).run()
+        _MuxSession(self, conn.fileno(), conn.tls if isinstance(conn, TlsStream) else None).run()
         raise SystemExit(0)
 
-    def _serve_calls(self, conn: Connection) -> None:
+    def _serve_calls(self, conn: Link) -> None:
         """One client connection: call, reply, repeat, until EOF or stop."""
-        fd = conn.fileno()
+        fd = stream_of(conn)
         stop = self.stop_event
         answer = self._answer
         limit = self.max_message_bytes
         while not stop.is_set():
             try:
                 request = recv_message(fd, limit)
-            except ProtocolError as exc:
+            except (ProtocolError, ssl.SSLError) as exc:
                 logger.warning("dropping a connection: %s", exc)
                 return
             except (EOFError, OSError):
@@ -241,9 +250,11 @@ class _MuxSession:
     than ``_OUTBOX_HIGH`` bytes of replies wait for a peer that does not read them.
     """
 
-    def __init__(self, server: _RPCServer, fd: int) -> None:
+    def __init__(self, server: _RPCServer, fd: int, tls: Tls | None = None) -> None:
         self.server = server
         self.fd = fd
+        self.tls = tls
+        self.stream: Stream = fd if tls is None else TlsStream(fd, tls)  # for writing
         self.limit = max(1, server.max_concurrent_calls)
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.lock = threading.Lock()
@@ -310,8 +321,10 @@ class _MuxSession:
             if not data:
                 return None
             try:
+                if self.tls is not None:
+                    data = self.tls.decrypt(data)
                 frames = self.reader.feed(data)
-            except ProtocolError as exc:
+            except (ProtocolError, ssl.SSLError) as exc:
                 logger.warning("dropping a connection: %s", exc)
                 return None
             if frames:
@@ -351,7 +364,7 @@ class _MuxSession:
                     self.writing = False
                     return
             try:
-                write_frames(self.fd, batch)
+                write_frames(self.stream, batch)
             except OSError:
                 with self.lock:
                     self.broken = True  # the client is gone: the leader sees EOF
@@ -417,6 +430,7 @@ def serve_rpc(
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tls: TlsPolicy | None = None,
 ) -> None:
     """Serve ``server`` on ``address`` until shut down; call it in the server process.
 
@@ -432,6 +446,10 @@ def serve_rpc(
     asyncio client's connection run concurrently too, up to
     ``max_concurrent_calls`` at a time (more wait their turn). A connection that sends
     a request over ``max_message_bytes`` is dropped before anything is allocated for it.
+
+    ``tls``: when connections use TLS (:mod:`rpcgen.runtime.tls`); by default what the
+    owner asked for (it rides on ``server_ready``), else on for an address that is not
+    loopback.
     """
     if owner_pid is None:
         parent = multiprocessing.parent_process()
@@ -439,6 +457,15 @@ def serve_rpc(
     try:
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be at least 1, got {max_concurrent_calls}")
+        policy = tls or getattr(server_ready, "tls", None) or TlsPolicy()
+        context = policy.server_context(authkey) if policy.applies(address) else None
+        if context is None and policy.plaintext_across_hosts(address):
+            logger.warning(
+                "INSECURE: %s serves %s in plain TCP (tls='insecure-plaintext'): anyone on "
+                "the path reads every call and can run code in this server",
+                service_name,
+                Endpoint.of(address).label,
+            )
         if isinstance(server, type):
             server = server()
         rpc_server = _RPCServer(
@@ -449,6 +476,7 @@ def serve_rpc(
             handshake_timeout_s,
             max_concurrent_calls,
             max_message_bytes,
+            context,
         )
     except BaseException as exc:
         fail = getattr(server_ready, "fail", None)

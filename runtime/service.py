@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import ssl
 import time
 from abc import ABCMeta, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,7 @@ from .process import launch
 from .serve import serve_rpc
 from .settings import RayOptions, ServiceSettings, check_client_settings
 from .sharing import SharedClient
+from .tls import TlsPolicy
 
 __all__ = ["RPCServiceBase", "ServiceState"]
 
@@ -129,7 +131,10 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         backend: str = "process",
         ray_address: str | None = None,
         ray_options: RayOptions | None = None,
+        tls: str = "auto",
+        ssl_context: Callable[[bool], ssl.SSLContext] | None = None,
     ) -> None:
+        tls_policy = TlsPolicy(tls, ssl_context)  # checks both (ValueError, one line)
         check_client_settings(
             service_name,
             port,
@@ -143,6 +148,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             backend=backend,
             ray_address=ray_address,
             ray_options=ray_options,
+            tls=tls_policy,
         )
         #: "process" (the server in its own process) or "ray" (in a named Ray actor)
         self.backend = backend
@@ -154,6 +160,9 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         self.transport = transport
         self.socket_dir = os.fspath(socket_dir) if socket_dir is not None else None
         self.authkey_file = os.fspath(authkey_file) if authkey_file is not None else None
+        #: "auto" (TLS off loopback), "on", or "insecure-plaintext"; and the user's context
+        self.tls = tls
+        self.ssl_context = ssl_context
         self.running_unit_tests = running_unit_tests
         self.enable_health_check = enable_health_check
         self.health_check_interval_s = health_check_interval_s
@@ -234,7 +243,12 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             ray_address=self.ray_address,
             ray_options=self.ray_options,
             server_methods=tuple(self.rpc_server_methods),
+            tls=self._rpc_tls_policy(),
         )
+
+    def _rpc_tls_policy(self) -> TlsPolicy:
+        # getattr: a client pickled by an older rpcgen has neither attribute
+        return TlsPolicy(getattr(self, "tls", "auto"), getattr(self, "ssl_context", None))
 
     @property
     def _rpc_keeper(self) -> ServiceKeeper:
@@ -280,6 +294,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             handshake_timeout_s=self.handshake_timeout_s,
             max_concurrent_calls=self.max_concurrent_calls,
             max_message_bytes=self.max_message_bytes,
+            tls=self._rpc_tls_policy(),
         )
 
     def _launch_server_process(self, target: Callable[..., Any], *args: Any) -> BaseProcess:

@@ -10,7 +10,6 @@ generator validates a spec's Ray table with :func:`ray_option_problems` too.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -25,8 +24,9 @@ from .constants import (
     DEFAULT_RAY_NAMESPACE,
     MAX_CONCURRENT_CALLS_LIMIT,
 )
-from .endpoint import Endpoint
+from .endpoint import Endpoint, is_loopback
 from .errors import UnsafeBindError
+from .tls import TlsPolicy
 from .transport import unix_socket_path
 
 __all__ = [
@@ -153,6 +153,7 @@ def check_client_settings(
     backend: str,
     ray_address: str | None,
     ray_options: RayOptions | None,
+    tls: TlsPolicy | None = None,
 ) -> None:
     """Raise (one line) if a client's settings are wrong, or do not fit its backend."""
     if not service or not service.replace("_", "a").replace(".", "a").isalnum():
@@ -171,6 +172,12 @@ def check_client_settings(
         raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
     if transport == "tcp" and not is_loopback(host) and authkey_file is None:
         raise UnsafeBindError(service=service, host=host)
+    policy = tls or TlsPolicy()
+    if transport == "unix" and (policy.mode == "on" or policy.ssl_context is not None):
+        raise ValueError(
+            f"service {service!r}: TLS applies to TCP only (a Unix socket never leaves "
+            "this host); drop tls='on' / ssl_context, or use transport='tcp'"
+        )
     check_backend(
         service,
         backend,
@@ -183,6 +190,7 @@ def check_client_settings(
             "handshake_timeout_s": handshake_timeout_s != DEFAULT_HANDSHAKE_TIMEOUT_S,
             "max_concurrent_calls": max_concurrent_calls != DEFAULT_MAX_CONCURRENT_CALLS,
             "max_message_bytes": max_message_bytes != DEFAULT_MAX_MESSAGE_BYTES,
+            "tls": policy != TlsPolicy(),
         },
     )
 
@@ -252,6 +260,8 @@ class ServiceSettings:
     ray_options: RayOptions | None = None
     #: the server's methods (generated clients list them): one actor method each on Ray
     server_methods: tuple[str, ...] = ()
+    #: when connections use TLS, and with which context
+    tls: TlsPolicy = field(default_factory=TlsPolicy)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -264,13 +274,3 @@ class ServiceSettings:
     def on_this_host(self) -> bool:
         """Whether the server is on this host (so the service directory describes it)."""
         return self.transport == "unix" or is_loopback(self.host)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine's loopback (a name or an address)."""
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

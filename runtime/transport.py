@@ -17,6 +17,10 @@ only how sockets are made and how a connection starts:
   server's port, and a relay between them (which sees its own address, not the
   server's) gets no proof it could pass on. Nothing in it is sent in clear that
   could be replayed: each side contributes a fresh 32-byte nonce.
+* Over TLS (:mod:`.tls`: off loopback, by default) the same handshake runs inside
+  the encrypted channel, after the client has verified the server's certificate,
+  and names the channel (:data:`TLS_BINDING`) instead of an address: TLS already
+  proves who the server is, and a port-mapped address still works.
 
 The proxy that calls through these connections is :mod:`rpcgen.runtime.proxy`.
 """
@@ -25,9 +29,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -35,13 +41,21 @@ from multiprocessing import AuthenticationError, connection, managers
 from typing import Any
 
 from .endpoint import Address, Endpoint
-from .errors import RemoteCallError, ServiceAuthenticationError, ServiceUnavailable
-from .wire import read_exactly, write_all
+from .errors import (
+    RemoteCallError,
+    ServiceAuthenticationError,
+    ServiceTLSError,
+    ServiceUnavailable,
+)
+from .tls import TlsPolicy, TlsStream
+from .wire import Stream, read_exactly, write_all
 
 __all__ = [
     "OBJECT_ID",
     "SERIALIZER",
+    "TLS_BINDING",
     "Address",
+    "Link",
     "client_handshake",
     "connect",
     "default_socket_dir",
@@ -51,8 +65,20 @@ __all__ = [
     "request_shutdown",
     "set_recv_timeout",
     "socket_binding",
+    "stream_of",
     "unix_socket_path",
 ]
+
+logger = logging.getLogger("rpcgen")
+
+#: An open connection: plain (a stdlib Connection) or TLS.
+Link = connection.Connection | TlsStream
+
+
+def stream_of(link: Link) -> Stream:
+    """What :mod:`.wire` reads and writes for ``link``: its fd, or the TLS stream."""
+    return link if isinstance(link, TlsStream) else link.fileno()
+
 
 #: Id under which the served object is registered in the manager Server.
 OBJECT_ID = "rpcgen"
@@ -122,7 +148,7 @@ def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
 
 
-def set_recv_timeout(conn: connection.Connection, seconds: float) -> None:
+def set_recv_timeout(conn: Link, seconds: float) -> None:
     """Bound every blocking read on ``conn`` (0: no bound). Opens no new fd."""
     view = socket.socket(fileno=conn.fileno())
     try:
@@ -169,6 +195,8 @@ def _nodelay_client(
 
 HELLO = b"rpcgen-2\n"
 _NONCE = 32
+#: The handshake's binding inside TLS: the channel, whose server TLS has verified.
+TLS_BINDING = b"tls"
 
 
 def socket_binding(address: Any) -> bytes:
@@ -190,7 +218,7 @@ def proof(key: bytes, role: bytes, first: bytes, second: bytes, binding: bytes) 
     return hmac.new(key, role + b"\0" + first + second + binding, "sha256").digest()
 
 
-def client_handshake(fd: int, key: bytes, binding: bytes) -> None:
+def client_handshake(fd: Stream, key: bytes, binding: bytes) -> None:
     """The client's side: send a nonce; check the server's proof; only then prove ours.
 
     ``AuthenticationError`` if the server's proof is wrong: a different key, a
@@ -215,31 +243,41 @@ def _handshake(
     service: str,
     timeout_s: float,
     request: tuple[Any, ...],
-) -> connection.Connection:
+    tls: TlsPolicy | None = None,
+) -> Link:
     """Connect, authenticate both ways, send one manager-level request, read its reply.
 
-    Every step is bounded by ``timeout_s``. Raises :class:`ServiceUnavailable`
-    or :class:`ServiceAuthenticationError`; never a raw socket or manager error.
+    Every step is bounded by ``timeout_s``. Raises :class:`ServiceUnavailable`,
+    :class:`ServiceAuthenticationError` or :class:`ServiceTLSError`; never a raw
+    socket, TLS or manager error.
     """
     host, port = describe(address)
+    policy = tls or TlsPolicy()
+    secure = policy.applies(address)
+    if not secure and policy.plaintext_across_hosts(address):
+        _warn_plaintext(address)
     try:
         sock = connect(address, timeout_s)
     except OSError as exc:
         raise ServiceUnavailable(service=service, host=host, port=port, reason=str(exc)) from exc
+    conn: Link
     try:
         _set_nodelay(sock)
         sock.settimeout(None)
         _set_recv_timeout(sock, timeout_s)
-        binding = socket_binding(sock.getpeername())
-        conn = connection.Connection(sock.detach())
+        binding = TLS_BINDING if secure else socket_binding(sock.getpeername())
+        if not secure:
+            conn = connection.Connection(sock.detach())
     except OSError as exc:  # e.g. reset by a server that died as we connected
         sock.close()
         raise ServiceUnavailable(service=service, host=host, port=port, reason=repr(exc)) from exc
     except BaseException:
         sock.close()
         raise
+    if secure:
+        conn = _tls_connect(sock, policy.client_context(authkey), service, host, port)
     try:
-        client_handshake(conn.fileno(), authkey, binding)
+        client_handshake(stream_of(conn), authkey, binding)
         conn.send(request)
         kind, result = conn.recv()
         if kind != "#RETURN":
@@ -247,9 +285,24 @@ def _handshake(
     except AuthenticationError as exc:
         conn.close()
         raise ServiceAuthenticationError(service=service, host=host, port=port) from exc
+    except ssl.SSLError as exc:  # under TLS 1.3 a refused client certificate shows here
+        conn.close()
+        raise ServiceTLSError(
+            service=service, host=host, port=port, reason=exc.reason or str(exc)
+        ) from exc
     except (OSError, EOFError, ValueError) as exc:
         conn.close()
-        reason = "handshake timed out" if isinstance(exc, BlockingIOError) else repr(exc)
+        if isinstance(exc, BlockingIOError):
+            reason = "handshake timed out"
+        elif isinstance(exc, EOFError) and not secure:
+            reason = (
+                "the server hung up during the handshake (a server with TLS on? both sides "
+                "need the same tls= setting)"
+            )
+        elif isinstance(exc, EOFError):
+            reason = "the server hung up during the handshake (did it refuse our certificate?)"
+        else:
+            reason = repr(exc)
         raise ServiceUnavailable(service=service, host=host, port=port, reason=reason) from exc
     except BaseException:
         conn.close()
@@ -257,9 +310,60 @@ def _handshake(
     return conn
 
 
+def _tls_connect(
+    sock: socket.socket, context: ssl.SSLContext, service: str, host: str, port: int | str
+) -> TlsStream:
+    fd = sock.detach()
+    try:
+        return TlsStream.connect(fd, context)
+    except ssl.SSLCertVerificationError as exc:
+        os.close(fd)
+        raise ServiceTLSError(
+            service=service, host=host, port=port, reason=exc.verify_message or str(exc)
+        ) from exc
+    except ssl.SSLError as exc:
+        os.close(fd)
+        raise ServiceTLSError(
+            service=service, host=host, port=port, reason=exc.reason or str(exc)
+        ) from exc
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise ServiceUnavailable(
+            service=service, host=host, port=port, reason="TLS handshake timed out"
+        ) from exc
+    except OSError as exc:
+        os.close(fd)
+        raise ServiceTLSError(
+            service=service, host=host, port=port, reason=f"the connection ended ({exc})"
+        ) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_warned: set[str] = set()
+
+
+def _warn_plaintext(address: Address) -> None:
+    label = Endpoint.of(address).label
+    if label not in _warned:
+        _warned.add(label)
+        logger.warning(
+            "INSECURE: connecting to %s in plain TCP (tls='insecure-plaintext'): anyone on "
+            "the path reads every call and can run code in the server",
+            label,
+        )
+
+
 def open_connection(
-    address: Address, authkey: bytes, *, service: str, timeout_s: float, mux: bool = False
-) -> connection.Connection:
+    address: Address,
+    authkey: bytes,
+    *,
+    service: str,
+    timeout_s: float,
+    mux: bool = False,
+    tls: TlsPolicy | None = None,
+) -> Link:
     """Open one authenticated connection that the server serves in its own thread.
 
     ``mux``: a multiplexed connection (tagged frames, many calls in flight), for asyncio.
@@ -275,6 +379,7 @@ def open_connection(
             (threading.current_thread().name,),
             {},
         ),
+        tls=tls,
     )
     try:
         with socket.socket(fileno=os.dup(conn.fileno())) as view:
@@ -285,8 +390,20 @@ def open_connection(
     return conn
 
 
-def request_shutdown(address: Address, authkey: bytes, *, service: str, timeout_s: float) -> None:
+def request_shutdown(
+    address: Address,
+    authkey: bytes,
+    *,
+    service: str,
+    timeout_s: float,
+    tls: TlsPolicy | None = None,
+) -> None:
     """Ask the server to stop serving and exit (the manager's own ``shutdown`` request)."""
     _handshake(
-        address, authkey, service=service, timeout_s=timeout_s, request=(None, "shutdown", (), {})
+        address,
+        authkey,
+        service=service,
+        timeout_s=timeout_s,
+        request=(None, "shutdown", (), {}),
+        tls=tls,
     ).close()

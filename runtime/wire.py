@@ -12,18 +12,20 @@ import io
 import os
 import pickle
 import struct
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
     "PROTOCOL",
+    "Channel",
     "FrameReader",
     "ProtocolError",
     "TooLarge",
     "dumps",
     "looks_big",
+    "message_bounds",
     "read_exactly",
     "recv_message",
     "send_message",
@@ -105,8 +107,71 @@ _SMALL = 16384
 _FIRST = 1 << 20
 
 
-def send_message(fd: int, data: bytes | memoryview) -> None:
+class Channel(Protocol):
+    """A connection that is not a bare fd (TLS: :class:`~.tls.TlsStream`)."""
+
+    def read(self, n: int) -> bytes: ...
+
+    def readinto(self, view: memoryview) -> int: ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def writev(self, pieces: list[bytes | memoryview]) -> None: ...
+
+    def read_message(self, max_bytes: int) -> bytes | bytearray:
+        """What :func:`recv_message` returns (see :func:`message_bounds`)."""
+        ...
+
+
+#: What these functions read and write: a blocking fd (the plain fast path) or a Channel.
+Stream = int | Channel
+
+
+def _channel_read(channel: Channel, n: int) -> bytes:
+    return channel.read(n)
+
+
+def _channel_readv(channel: Channel, views: list[memoryview]) -> int:
+    return channel.readinto(views[0])
+
+
+def _readers(fd: Stream) -> tuple[Callable[[Any, int], bytes], Callable[[Any, Any], int]]:
+    if fd.__class__ is int:
+        return os.read, os.readv
+    return _channel_read, _channel_readv
+
+
+def message_bounds(buffer: bytes | bytearray, max_bytes: int) -> tuple[int, int] | None:
+    """(start, end) of the first message in ``buffer``; None if its header is incomplete.
+
+    :class:`ProtocolError` for a bad or over-the-limit length (nothing allocated for it).
+    """
+    if len(buffer) < 4:
+        return None
+    (n,) = _HEADER.unpack_from(buffer)
+    start = 4
+    if n == -1:
+        if len(buffer) < 12:
+            return None
+        (n,) = _LONG.unpack_from(buffer, 4)
+        start = 12
+    if n < 0:
+        raise ProtocolError(f"bad message length {n}")
+    if n > max_bytes:
+        raise TooLarge(n, max_bytes)
+    return start, start + n
+
+
+def send_message(fd: Stream, data: bytes | memoryview) -> None:
     n = len(data)
+    if not isinstance(fd, int):
+        if n <= _SMALL:
+            fd.write(_HEADER.pack(n) + data)
+        elif n <= 0x7FFFFFFF:
+            fd.writev([_HEADER.pack(n), data])
+        else:
+            fd.writev([_HEADER.pack(-1) + _LONG.pack(n), data])
+        return
     if n > 0x7FFFFFFF:
         write_all(fd, _HEADER.pack(-1) + _LONG.pack(n))
         write_all(fd, data)
@@ -117,7 +182,10 @@ def send_message(fd: int, data: bytes | memoryview) -> None:
         write_all(fd, data)
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: Stream, data: bytes | memoryview) -> None:
+    if not isinstance(fd, int):
+        fd.write(data)
+        return
     sent = os.write(fd, data)
     if sent < len(data):
         view = memoryview(data)
@@ -125,12 +193,15 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
             sent += os.write(fd, view[sent:])
 
 
-def recv_message(fd: int, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes | bytearray:
+def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes | bytearray:
     """One message's bytes; EOFError when the peer closed the connection.
 
     :class:`ProtocolError` for a message over ``max_bytes`` (nothing is allocated for it).
     """
-    header = os.read(fd, 4)
+    if not isinstance(fd, int):
+        return fd.read_message(max_bytes)
+    read, readv = _readers(fd)
+    header = read(fd, 4)
     if len(header) < 4:
         header = _read_rest(fd, header, 4)
     (n,) = _HEADER.unpack(header)
@@ -141,14 +212,14 @@ def recv_message(fd: int, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes |
     if n > max_bytes:
         raise TooLarge(n, max_bytes)
     if n <= _SMALL:
-        data = os.read(fd, n)
+        data = read(fd, n)
         return data if len(data) == n else _read_rest(fd, data, n)
     buffer = bytearray(min(n, _FIRST))
     got = 0
     while True:
         view = memoryview(buffer)
         while got < len(buffer):
-            k = os.readv(fd, [view[got:]])
+            k = readv(fd, [view[got:]])
             if k == 0:
                 raise EOFError("connection closed mid-message")
             got += k
@@ -158,20 +229,21 @@ def recv_message(fd: int, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes |
         buffer.extend(bytes(min(len(buffer), n - len(buffer))))
 
 
-def read_exactly(fd: int, n: int) -> bytes:
+def read_exactly(fd: Stream, n: int) -> bytes:
     """``n`` bytes from a blocking ``fd``; EOFError if the peer closes first."""
     return _read_rest(fd, b"", n)
 
 
-def _read_rest(fd: int, start: bytes, n: int) -> bytes:
+def _read_rest(fd: Stream, start: bytes, n: int) -> bytes:
+    read = _readers(fd)[0]
     if not start and n:
-        start = os.read(fd, n)
+        start = read(fd, n)
         if not start:
             raise EOFError("connection closed")
     parts = [start]
     got = len(start)
     while got < n:
-        chunk = os.read(fd, n - got)
+        chunk = read(fd, n - got)
         if not chunk:
             raise EOFError("connection closed mid-message")
         parts.append(chunk)
@@ -210,8 +282,11 @@ def tagged_frame(ident: int, body: bytes | memoryview) -> list[bytes | memoryvie
     return [_HEADER.pack(n) + _ID.pack(ident), body]
 
 
-def write_frames(fd: int, pieces: list[bytes | memoryview]) -> None:
+def write_frames(fd: Stream, pieces: list[bytes | memoryview]) -> None:
     """Write every piece to a blocking ``fd``, in as few system calls as possible."""
+    if not isinstance(fd, int):
+        fd.writev(pieces)
+        return
     while pieces:
         batch, pieces = pieces[:_IOV_MAX], pieces[_IOV_MAX:]
         total = sum(len(piece) for piece in batch)

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,50 +25,9 @@ from rpcgen.runtime.transport import HELLO
 from tests.support.internals import process_backend
 from tests.support.other_user import other_user
 from tests.support.procs import ROOT
+from tests.support.relay import Relay
 from tests.support.services import Echo
-from tests.support.waiting import free_port
-
-
-class Relay:
-    """Listens on its own port, and forwards every byte between one client and the server."""
-
-    def __init__(self, server: tuple[str, int]) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
-        self.server = server
-        self.from_client = bytearray()
-        self.upstream: socket.socket | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, seen: bytearray | None) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if seen is not None:
-                seen += data
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-
-    def _run(self) -> None:
-        victim, _ = self.listener.accept()
-        upstream = socket.create_connection(self.server)
-        self.upstream = upstream
-        back = threading.Thread(target=self._pump, args=(upstream, victim, None), daemon=True)
-        back.start()
-        self._pump(victim, upstream, self.from_client)
-        victim.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        if self.upstream is not None:
-            self.upstream.close()
+from tests.support.waiting import free_port, wait_until
 
 
 def test_a_relay_gets_no_proof_and_can_inject_nothing(port: int) -> None:
@@ -86,7 +43,7 @@ def test_a_relay_gets_no_proof_and_can_inject_nothing(port: int) -> None:
         with pytest.raises(ServiceAuthenticationError, match="did not prove"):
             victim.echo_rpc("through the relay")
         victim._rpc_close()
-        relay.thread.join(10)
+        wait_until(lambda: relay.clients_gone == 1, timeout=10)  # the victim hung up
         # The victim sent its hello (a fresh nonce) and nothing derived from the key.
         assert len(relay.from_client) == len(HELLO) + 32
         assert relay.from_client.startswith(HELLO)

@@ -31,7 +31,7 @@ def running_gate(
     gate = Gate(
         listener,
         KEY,
-        serve=lambda sock, request: served.append((sock, request)),
+        serve=lambda sock, request, tls: served.append((sock, request)),
         stop=stop,
         deadline_s=deadline_s,
         max_pending=max_pending,
@@ -128,7 +128,7 @@ def test_a_client_whose_hello_waits_unread_is_not_taken_for_a_stalled_peer() -> 
     gate = Gate(
         listener,
         KEY,
-        serve=lambda sock, request: sock.close(),
+        serve=lambda sock, request, tls: sock.close(),
         stop=threading.Event(),
         deadline_s=10.0,
         max_pending=1,
