@@ -176,6 +176,6 @@ def test_tls_settings_are_checked_in_one_line(port: int) -> None:
     with pytest.raises(ValueError, match="tls must be one of"):
         Echo(port, tls="off")
     with pytest.raises(ValueError, match="module-level function"):
-        Echo(port, ssl_context=ssl.create_default_context())  # type: ignore[arg-type]
+        Echo(port, ssl_context=ssl.create_default_context())  # type: ignore[arg-type,unused-ignore]
     with pytest.raises(ValueError, match="TCP only"):
         Echo(port, tls="on", transport="unix")
