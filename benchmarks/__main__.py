@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import aio, calls, generator, lifecycle, peers, ray, registry, sharing
+from . import aio, calls, generator, lifecycle, peers, ray, registry, sharing, tls
 from ._util import Row
 
 GROUPS = {
@@ -22,6 +22,7 @@ GROUPS = {
     "generator": generator.run,
     "peers": peers.run,
     "ray": ray.run,
+    "tls": tls.run,
 }
 
 

@@ -40,7 +40,7 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .endpoint import Address, Endpoint, is_loopback
 from .wire import dumps, message_bounds, recv_message, send_message
@@ -61,6 +61,8 @@ _RECORD = 1 << 14  # the most plain text one TLS record holds
 #: Bytes read from the socket at a time: under malloc's mmap threshold (a bigger
 #: buffer costs an mmap and a munmap per read: 15 us here).
 _RAW_READ = 1 << 16
+_SEAL_CHUNK = 1 << 16
+_FIRST = 1 << 20  # a large message's buffer starts here (as in wire)
 
 ContextFactory = Callable[[bool], ssl.SSLContext]
 
@@ -267,6 +269,23 @@ class Tls:
             self._incoming.write(raw)
             return self._drain()
 
+    def decrypt_into(self, raw: bytes, view: memoryview) -> tuple[int, bytes]:
+        """Like :meth:`decrypt`, straight into ``view``: (bytes put there, plain text
+        past its end)."""
+        with self._lock:
+            self._incoming.write(raw)
+            tls, incoming = self._object, self._incoming
+            got = 0
+            while got < len(view) and (incoming.pending or tls.pending()):
+                try:
+                    n = cast(int, tls.read(min(_RECORD, len(view) - got), view[got:]))
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    break
+                if not n:
+                    break
+                got += n
+            return got, self._drain() if got == len(view) else b""
+
     def _drain(self) -> bytes:
         chunks = []
         tls, incoming = self._object, self._incoming
@@ -330,22 +349,49 @@ class TlsStream:
         plain = self._plain
         while True:
             bounds = message_bounds(plain, max_bytes)
-            if bounds is not None and len(plain) >= bounds[1]:
+            if bounds is not None:
                 break
-            raw = os.read(self.fd, _RAW_READ)
-            if not raw:
-                raise EOFError(
-                    "connection closed" if not plain else "connection closed mid-message"
-                )
-            plain += self.tls.decrypt(raw)
+            self._more()
         start, end = bounds
-        if end == len(plain) and end > _RECORD:  # a large message alone: hand it over
-            del plain[:start]
-            self._plain = bytearray()
-            return plain
+        if end - start > _RECORD and len(plain) < end:
+            return self._read_large(start, end - start)
+        while len(plain) < end:
+            self._more()
         data = bytes(plain[start:end])
         del plain[:end]
         return data
+
+    def _more(self) -> None:
+        raw = os.read(self.fd, _RAW_READ)
+        if not raw:
+            raise EOFError("connection closed mid-message" if self._plain else "connection closed")
+        self._plain += self.tls.decrypt(raw)
+
+    def _read_large(self, start: int, n: int) -> bytearray:
+        # Decrypted straight into the message's buffer, which starts at 1 MiB and doubles
+        # as bytes arrive (a peer that declares a size it never sends costs nothing).
+        buffer = bytearray(min(n, _FIRST))
+        got = 0
+        del self._plain[:start]
+        while True:
+            view = memoryview(buffer)
+            while got < len(buffer):
+                if self._plain:  # decrypted already, past the end of the buffer so far
+                    k = min(len(self._plain), len(buffer) - got)
+                    view[got : got + k] = self._plain[:k]
+                    del self._plain[:k]
+                    got += k
+                    continue
+                raw = os.read(self.fd, _RAW_READ)
+                if not raw:
+                    raise EOFError("connection closed mid-message")
+                k, rest = self.tls.decrypt_into(raw, view[got:])
+                got += k
+                self._plain += rest
+            view.release()
+            if got == n:
+                return buffer
+            buffer.extend(bytes(min(len(buffer), n - len(buffer))))
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; b"" at EOF (as ``os.read``)."""
@@ -364,10 +410,21 @@ class TlsStream:
         return n
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        _write_all(self.fd, self.tls.encrypt(data))
+        if len(data) <= _SEAL_CHUNK:
+            _write_all(self.fd, self.tls.encrypt(data))
+            return
+        # A large message a slice at a time: each sealed slice stays under malloc's mmap
+        # threshold and in cache, where one sealed copy of it all would not.
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _SEAL_CHUNK):
+            _write_all(self.fd, self.tls.encrypt(view[start : start + _SEAL_CHUNK]))
 
     def writev(self, pieces: list[bytes | memoryview]) -> None:
-        _write_all(self.fd, self.tls.encrypt_all(pieces))
+        if sum(len(piece) for piece in pieces) <= _SEAL_CHUNK:
+            _write_all(self.fd, self.tls.encrypt_all(pieces))
+            return
+        for piece in pieces:
+            self.write(piece)
 
     # -- what the proxy and the stock server's requests use --------------------------------
 

@@ -52,6 +52,9 @@ def test_tls_serves_calls_large_messages_asyncio_and_health_checks(port: int) ->
     with Echo(port, tls="on") as svc:
         assert svc.echo(SECRET) == SECRET
         assert svc.echo(big) == big
+        for size in (16383, 16385, (1 << 20) - 60, (1 << 20) + 40, (3 << 20) + 7):
+            payload = os.urandom(size)  # around the record size and the buffer's first size
+            assert svc.echo(payload) == payload
 
         async def many() -> None:
             assert await asyncio.gather(*(svc.aio.echo(i) for i in range(200))) == list(range(200))

@@ -1,0 +1,170 @@
+"""What TLS costs: across two network namespaces (a veth pair: another "host") and on
+loopback, against plain TCP to the same kind of server, in one run.
+
+Across the pair: two servers in namespace A (one with TLS, as a non-loopback bind gets
+by itself; one with ``tls="insecure-plaintext"``), and one client process in namespace B
+that times both, interleaved in rounds. Needs root (``ip netns``); without it those rows
+are left out, with a message. On loopback: the default (plain, the handshake bound to
+the address) against ``tls="on"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._netns import NetnsUnavailable, veth_hosts
+from ._services import BenchClient
+from ._util import Row, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = os.urandom(1 << 20)
+
+
+def _time_both(clients: dict[str, Any], rounds: int, calls: int) -> dict[str, dict[str, float]]:
+    """Median seconds per small call and per 1 MB echo, for each client."""
+    small: dict[str, list[float]] = {name: [] for name in clients}
+    big: dict[str, list[float]] = {name: [] for name in clients}
+    for client in clients.values():
+        for _ in range(50):
+            client.echo(1)
+        client.echo(MB)
+    for _ in range(rounds):
+        for name, client in clients.items():
+            start = time.perf_counter()
+            for i in range(calls):
+                client.echo(i)
+            small[name].append((time.perf_counter() - start) / calls)
+            start = time.perf_counter()
+            for _ in range(max(1, calls // 50)):
+                client.echo(MB)
+            big[name].append((time.perf_counter() - start) / max(1, calls // 50))
+    return {
+        name: {
+            "small_s": sorted(small[name])[len(small[name]) // 2],
+            "mb_s": sorted(big[name])[len(big[name]) // 2],
+        }
+        for name in clients
+    }
+
+
+def _rows(where: str, timed: dict[str, dict[str, float]], plain: str, secure: str) -> list[Row]:
+    p, s = timed[plain], timed[secure]
+    delta_us = (s["small_s"] - p["small_s"]) * 1e6
+    return [
+        Row("tls", f"{where}: plain TCP, small call", p["small_s"] * 1e6, "us"),
+        Row(
+            "tls",
+            f"{where}: TLS, small call",
+            s["small_s"] * 1e6,
+            "us",
+            baseline=plain,
+            ratio=s["small_s"] / p["small_s"],
+            target="+25 us at most",
+            extra={"added_us": delta_us},
+        ),
+        Row("tls", f"{where}: TLS, added per small call", delta_us, "us", target="<= 25 us"),
+        Row("tls", f"{where}: plain TCP, 1 MB echo", p["mb_s"] * 1e3, "ms"),
+        Row(
+            "tls",
+            f"{where}: TLS, 1 MB echo",
+            s["mb_s"] * 1e3,
+            "ms",
+            baseline=plain,
+            ratio=s["mb_s"] / p["mb_s"],
+            target="<= 1.3x plain",
+        ),
+    ]
+
+
+def _loopback(quick: bool) -> list[Row]:
+    plain = BenchClient(free_port())
+    secure = BenchClient(free_port(), tls="on")
+    try:
+        timed = _time_both(
+            {"plain": plain, "tls": secure}, rounds=3 if quick else 9, calls=200 if quick else 1000
+        )
+    finally:
+        plain.shutdown()
+        secure.shutdown()
+    return _rows("loopback", timed, "plain", "tls")
+
+
+def _in(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "benchmarks.tls", *args]
+
+
+def _across(quick: bool) -> list[Row]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    with tempfile.TemporaryDirectory() as folder, veth_hosts("b", 233) as hosts:
+        ns_a, addr_a, ns_b, _ = hosts
+        key = Path(folder) / "bench.key"
+        servers = []
+        try:
+            for port, mode in ((50201, "auto"), (50202, "insecure-plaintext")):
+                server = subprocess.Popen(
+                    _in(ns_a, "serve", addr_a, str(port), str(key), mode),
+                    cwd=ROOT,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                servers.append(server)
+                assert server.stdout is not None
+                if not server.stdout.readline().startswith("ready"):
+                    raise RuntimeError(f"the {mode} server did not start in {ns_a}")
+            out = subprocess.run(
+                _in(ns_b, "measure", addr_a, str(key), "quick" if quick else "full"),
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
+            )
+        finally:
+            for server in servers:
+                server.communicate(input="", timeout=60)
+    return _rows("veth pair", json.loads(out.stdout.splitlines()[-1]), "plain", "tls")
+
+
+def run(quick: bool) -> list[Row]:
+    rows = _loopback(quick)
+    try:
+        rows += _across(quick)
+    except NetnsUnavailable as exc:
+        print(f"tls: the namespace-pair rows are left out: {exc}", file=sys.stderr)
+    return rows
+
+
+def main() -> None:  # inside a namespace
+    import logging
+
+    logging.getLogger("rpcgen").setLevel(logging.ERROR)  # the opt-out's warning is expected
+    role = sys.argv[1]
+    if role == "serve":
+        host, port, key, mode = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+        with BenchClient(port, host=host, authkey_file=key, tls=mode):
+            print("ready", flush=True)
+            sys.stdin.read()
+        return
+    host, key, how = sys.argv[2], sys.argv[3], sys.argv[4]
+    clients = {
+        "tls": BenchClient.attach(host=host, port=50201, authkey_file=key),
+        "plain": BenchClient.attach(
+            host=host, port=50202, authkey_file=key, tls="insecure-plaintext"
+        ),
+    }
+    quick = how == "quick"
+    print(json.dumps(_time_both(clients, rounds=3 if quick else 9, calls=200 if quick else 1000)))
+
+
+if __name__ == "__main__":
+    main()
