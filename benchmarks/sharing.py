@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rpcgen.runtime import RestartPolicy, ServiceUnavailable
+from rpcgen.runtime.process_backend import ProcessBackend
 from rpcgen.runtime.proxy import RPCProxy
 
 from ._services import BenchClient
@@ -25,7 +26,9 @@ NO_FLAP = RestartPolicy(backoff_initial_s=0.001, backoff_max_s=0.01, flap_max_re
 
 
 def _plain_connect(owner: BenchClient) -> float:
-    key = owner._rpc_backend.key()
+    backend = owner._rpc_backend
+    assert isinstance(backend, ProcessBackend)
+    key = backend.key()
     start = time.perf_counter()
     proxy = RPCProxy(service="Bench", address=owner.address, authkey=key)
     proxy.echo_rpc(1)
