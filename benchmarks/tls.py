@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
+from rpcgen.runtime.process_backend import ProcessBackend
+from rpcgen.runtime.proxy import RPCProxy
+from rpcgen.runtime.tls import TlsPolicy
+
 from ._netns import NetnsUnavailable, veth_hosts
+from ._raw import serve_connection
 from ._services import BenchClient
-from ._util import Row, free_port
+from ._util import Row, free_port, median_ms, timed
+from .calls import _process
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = os.urandom(1 << 20)
@@ -96,6 +105,69 @@ def _loopback(quick: bool) -> list[Row]:
     return _rows("loopback", timed, "plain", "tls")
 
 
+def _connect_rows(quick: bool) -> list[Row]:
+    """Connect, authenticate and make one call: what the loopback handshake (the server
+    proves first, bound to the address) and TLS's setup cost, against multiprocessing's
+    own challenge (a raw ``multiprocessing.connection`` echo server)."""
+    key_raw = secrets.token_bytes(32)
+    raw_address = ("127.0.0.1", free_port())
+    plain = BenchClient(free_port())
+    secure = BenchClient(free_port(), tls="on")
+
+    def ours(client: BenchClient, policy: TlsPolicy) -> Callable[[], None]:
+        backend = client._rpc_backend
+        assert isinstance(backend, ProcessBackend)
+        key = backend.key()
+
+        def once() -> None:
+            proxy = RPCProxy(service="Bench", address=client.address, authkey=key, tls=policy)
+            proxy.echo_rpc(1)
+            proxy._rpc_close()
+
+        return once
+
+    def raw() -> None:
+        with connection.Client(raw_address, authkey=key_raw) as conn:
+            conn.send(1)
+            conn.recv()
+
+    variants = {
+        "raw": raw,
+        "plain": ours(plain, TlsPolicy()),
+        "tls": ours(secure, TlsPolicy("on")),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        with _process(serve_connection, raw_address, key_raw):
+            for _ in range(3 if quick else 15):
+                for name, once in variants.items():
+                    for _ in range(10 if quick else 40):
+                        samples[name].append(timed(once))
+    finally:
+        plain.shutdown()
+        secure.shutdown()
+    raw_ms, plain_ms, tls_ms = (median_ms(samples[name]) for name in ("raw", "plain", "tls"))
+    return [
+        Row("tls", "loopback connect + first call: multiprocessing's challenge", raw_ms, "ms"),
+        Row(
+            "tls",
+            "loopback connect + first call: rpcgen (server proves first)",
+            plain_ms,
+            "ms",
+            baseline="multiprocessing's challenge",
+            ratio=plain_ms / raw_ms,
+        ),
+        Row(
+            "tls",
+            "loopback connect + first call: rpcgen with TLS",
+            tls_ms,
+            "ms",
+            baseline="rpcgen without TLS",
+            ratio=tls_ms / plain_ms,
+        ),
+    ]
+
+
 def _in(ns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-m", "benchmarks.tls", *args]
 
@@ -136,7 +208,7 @@ def _across(quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    rows = _loopback(quick)
+    rows = _loopback(quick) + _connect_rows(quick)
     try:
         rows += _across(quick)
     except NetnsUnavailable as exc:

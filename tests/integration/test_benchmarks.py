@@ -37,6 +37,7 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
         "sharing",
         "aio",
         "ray",  # measured, or one row saying it was skipped (ray not installed)
+        "tls",
     } <= groups
     names = {row["name"] for row in data["rows"]}
     for expected in (

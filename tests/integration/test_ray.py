@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
+from tests.support import pki
 from tests.support.netns_hosts import veth_hosts
 from tests.support.procs import finish, python_process, read_line
 from tests.support.ray_cluster import (
@@ -300,3 +302,40 @@ def test_two_nodes_across_a_veth_the_actor_pinned_to_the_worker_node() -> None:
             for node in (worker, head):
                 if node is not None:
                     node.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # a head of its own, and a program that Ray refuses slowly
+def test_a_service_on_a_ray_cluster_with_ray_tls_on(tmp_path: Path) -> None:
+    """Issue 18: Ray's own TLS (RAY_USE_TLS and its certificate variables) on the head and
+    in the program; the service's calls go through it. A program without them is refused."""
+    if not ray_installed():
+        pytest.skip(SKIP_NO_RAY)
+    # Ray's nodes dial each other at the address Ray picks: the certificate must name it.
+    node_ip = subprocess.run(
+        [sys.executable, "-c", "import ray.util; print(ray.util.get_node_ip_address())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()[-1]
+    folder = pki.make_pki(tmp_path / "pki", ips=tuple(dict.fromkeys(("127.0.0.1", node_ip))))
+    tls_env = {
+        "RAY_USE_TLS": "1",
+        "RAY_TLS_SERVER_CERT": str(folder / "server.pem"),
+        "RAY_TLS_SERVER_KEY": str(folder / "server.key"),
+        "RAY_TLS_CA_CERT": str(folder / "ca.pem"),
+    }
+    head = start_node(num_cpus=1, extra_env=tls_env)
+    try:
+        out = run_scenario(head, "tls", namespace())
+        assert out["echo"] == "over Ray's TLS"
+        plain_env = scenario_env(head)
+        for name in tls_env:
+            plain_env.pop(name, None)
+        # Without Ray's TLS the program never gets in: Ray retries (for minutes) rather
+        # than fail, so it is given 30 s and must not have made a call.
+        with pytest.raises((AssertionError, subprocess.TimeoutExpired)):
+            run_scenario(head, "tls", namespace(), env=plain_env, timeout_s=30)
+    finally:
+        head.stop()

@@ -32,8 +32,11 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.chmod(0o600)
 
 
-def make_pki(folder: Path, *, ca_name: str = "rpcgen test CA") -> Path:
-    """ca.pem, server.pem/server.key (IP 127.0.0.1), client.pem/client.key in ``folder``."""
+def make_pki(
+    folder: Path, *, ca_name: str = "rpcgen test CA", ips: tuple[str, ...] = ("127.0.0.1",)
+) -> Path:
+    """ca.pem, server.pem/server.key (for ``ips`` and localhost), client.pem/client.key
+    in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -76,11 +79,22 @@ def make_pki(folder: Path, *, ca_name: str = "rpcgen test CA") -> Path:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                # Ray's TLS shows the one server certificate as a client too
+                x509.ExtendedKeyUsage(
+                    list(dict.fromkeys([usage, ExtendedKeyUsageOID.CLIENT_AUTH]))
+                ),
+                critical=False,
+            )
         )
         if role == "server":
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                    ]
+                ),
                 critical=False,
             )
         cert = builder.sign(ca_key, hashes.SHA256())

@@ -105,6 +105,7 @@ def start_node(
     prefix: Sequence[str] = (),
     token_of: RayNode | None = None,
     timeout_s: float = 90.0,
+    extra_env: dict[str, str] | None = None,
 ) -> RayNode:
     """Start a head (``head_address`` None) or a worker node; wait until it says started.
 
@@ -115,6 +116,7 @@ def start_node(
     env = dict(os.environ, RAY_TMPDIR=str(folder), RAY_USAGE_STATS_ENABLED="0")
     auth = token_env(token_of.folder if token_of is not None else folder)
     env.update(auth)
+    env.update(extra_env or {})
     env.pop("RAY_ADDRESS", None)
     port = free_port() if head_address is None else None
     args = [*prefix, sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
@@ -175,6 +177,7 @@ def start_node(
         "RAY_TMPDIR": str(folder),
         "RAY_USAGE_STATS_ENABLED": "0",
         **auth,
+        **(extra_env or {}),
     }
     return node
 

@@ -188,6 +188,14 @@ def handoff(ns: str) -> dict[str, Any]:
     return out
 
 
+def tls(ns: str) -> dict[str, Any]:
+    """A call through the service's actor, with everything the driver has of Ray's env."""
+    c = _echo(ns)
+    out = {"echo": c.echo("over Ray's TLS"), "remote_pid": c.remote_pid()}
+    c.shutdown()
+    return out
+
+
 def owner(ns: str, detached: str = "no") -> dict[str, Any]:
     """Start the service, report, and keep it until stdin closes (or we are killed)."""
     c = _echo(ns, ray_options=RayOptions(namespace=ns, detached=detached == "yes"))
@@ -323,6 +331,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     f.__name__: f
     for f in (
         basic,
+        tls,
         sigkill,
         unhealthy,
         handoff,
