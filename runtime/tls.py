@@ -235,7 +235,7 @@ class Tls:
                 self._object.do_handshake()
             except ssl.SSLWantReadError:
                 return False, self._outgoing.read(), b""
-            return True, self._outgoing.read(), self._drain()
+            return True, self._outgoing.read(), self._drain(until_asked=True)
 
     def alert(self) -> bytes:
         """What TLS wants to tell a peer it is refusing (an alert record), if anything."""
@@ -286,12 +286,18 @@ class Tls:
                 got += n
             return got, self._drain() if got == len(view) else b""
 
-    def _drain(self) -> bytes:
+    def _drain(self, *, until_asked: bool = False) -> bytes:
+        """All the plain text that can be decrypted now.
+
+        Normally it stops when neither the BIO nor TLS holds unread bytes: an exception
+        per message (SSLWantReadError builds its message text) would more than double the
+        cost of decrypting it (5.5 us against 2.1 us here). OpenSSL reads a record from
+        the BIO only as it decrypts it (read-ahead is off), so nothing is left behind.
+        ``until_asked`` reads until TLS asks for more bytes: once, after the handshake.
+        """
         chunks = []
         tls, incoming = self._object, self._incoming
-        # Stop when nothing is left to decrypt: an exception per message (SSLWantReadError
-        # builds its message text) would cost more than the decryption.
-        while incoming.pending or tls.pending():
+        while until_asked or incoming.pending or tls.pending():
             try:
                 chunk = tls.read(_RECORD)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import secrets
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from rpcgen.runtime.gate import Gate
-from rpcgen.runtime.transport import HELLO, client_handshake, socket_binding
+from rpcgen.runtime.tls import TlsPolicy, TlsStream
+from rpcgen.runtime.transport import HELLO, TLS_BINDING, client_handshake, socket_binding
 from tests.support.fakes import FakeClock
 from tests.support.waiting import wait_until
 
@@ -23,7 +25,11 @@ KEY = secrets.token_bytes(32)
 
 @contextmanager
 def running_gate(
-    clock: FakeClock, *, max_pending: int = 4, deadline_s: float = 10.0
+    clock: FakeClock,
+    *,
+    max_pending: int = 4,
+    deadline_s: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[tuple[Gate, list[tuple[socket.socket, tuple[Any, ...]]]]]:
     listener = socket.create_server(("127.0.0.1", 0))
     served: list[tuple[socket.socket, tuple[Any, ...]]] = []
@@ -36,6 +42,7 @@ def running_gate(
         deadline_s=deadline_s,
         max_pending=max_pending,
         clock=clock,
+        tls=tls,
     )
     thread = threading.Thread(target=gate.run, daemon=True)
     thread.start()
@@ -54,6 +61,8 @@ def _client(gate: Gate) -> socket.socket:
     sock = socket.create_connection(gate.listener.getsockname(), timeout=5)
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
+    # As rpcgen's clients do: without it a second small write waits for an ACK (Nagle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
@@ -152,3 +161,33 @@ def test_a_client_whose_hello_waits_unread_is_not_taken_for_a_stalled_peer() -> 
         gate._close(pending)
     gate.selector.close()
     listener.close()
+
+
+def test_over_tls_a_client_is_handed_its_first_request_and_the_handshake_is_sealed() -> None:
+    policy = TlsPolicy("on")
+    with running_gate(FakeClock(), tls=policy.server_context(KEY)) as (gate, served):
+        sock = _client(gate)
+        stream = TlsStream.connect(sock.detach(), policy.client_context(KEY))
+        client_handshake(stream, KEY, TLS_BINDING)
+        stream.send((None, "rpcgen_accept", ("t",), {}))
+        wait_until(lambda: len(served) == 1, timeout=5, what="the hand-off")
+        assert served[0][1] == (None, "rpcgen_accept", ("t",), {})
+        stream.close()
+
+
+def test_over_tls_a_peer_that_never_finishes_tls_is_dropped_first_for_room() -> None:
+    policy = TlsPolicy("on")
+    with running_gate(FakeClock(), max_pending=2, tls=policy.server_context(KEY)) as (gate, _):
+        at_work = _client(gate)
+        stream = TlsStream.connect(at_work.detach(), policy.client_context(KEY))
+        stream.write(HELLO + secrets.token_bytes(32))  # hello sent: at work
+        stalled = _client(gate)
+        stalled.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, no more
+        wait_until(lambda: len(gate.pending) == 2, timeout=5, what="both pending")
+        newcomer = _client(gate)
+        wait_until(lambda: gate.dropped_for_room == 1, timeout=5, what="room")
+        assert _closed(stalled)
+        stalled.close()
+        assert len(stream.read(64)) > 0  # the server's proof, sealed: still served
+        stream.close()
+        newcomer.close()
