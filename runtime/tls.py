@@ -353,6 +353,15 @@ class TlsStream:
         """One framed message (as :func:`~.wire.recv_message`); the buffer grows only as
         bytes arrive. EOFError if the peer closes first."""
         plain = self._plain
+        if not plain:  # the usual case: what arrives next is one whole message
+            raw = os.read(self.fd, _RAW_READ)
+            if not raw:
+                raise EOFError("connection closed")
+            data = self.tls.decrypt(raw)
+            bounds = message_bounds(data, max_bytes)
+            if bounds is not None and bounds[1] == len(data):
+                return data[bounds[0] :]
+            plain += data
         while True:
             bounds = message_bounds(plain, max_bytes)
             if bounds is not None:
@@ -462,6 +471,8 @@ class TlsStream:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    sent = os.write(fd, data)
+    if sent < len(data):
+        view = memoryview(data)[sent:]
+        while view:
+            view = view[os.write(fd, view) :]
