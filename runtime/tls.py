@@ -148,11 +148,17 @@ def derived_certificate(key: bytes) -> tuple[bytes, bytes]:
 
     The same on every host for the same key; a different key gives another.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-    from cryptography.x509.oid import NameOID
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+        from cryptography.x509.oid import NameOID
+    except ImportError as exc:
+        raise ImportError(
+            "TLS (on by itself off loopback) needs the 'cryptography' package, a dependency "
+            "of rpcgen: pip install cryptography"
+        ) from exc
 
     seed = HKDF(hashes.SHA256(), 48, salt=b"rpcgen-tls-1", info=b"server identity").derive(key)
     private = Ed25519PrivateKey.from_private_bytes(seed[:32])
