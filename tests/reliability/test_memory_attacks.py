@@ -7,6 +7,7 @@ Both attackers hold the key: a message is read only after the handshake.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pickle
@@ -14,11 +15,13 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import psutil
+import pytest
 
+from rpcgen.runtime.tls import TlsPolicy, TlsStream
 from rpcgen.runtime.transport import OBJECT_ID, open_connection
 from rpcgen.runtime.wire import tagged_frame
 from tests.reliability.conftest import Log
@@ -33,7 +36,7 @@ def _rss_mib(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
-def _unsent(sock: socket.socket) -> int:
+def _unsent(sock: socket.socket | TlsStream) -> int:
     """Bytes this socket has sent that its peer's kernel has not acknowledged yet."""
     queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
     return int(struct.unpack("i", queued)[0])
@@ -63,32 +66,59 @@ def _raw(svc: Echo, *, mux: bool = False) -> Iterator[socket.socket]:
         sock.close()
 
 
+@contextmanager
+def _sealed(svc: Echo) -> Iterator[TlsStream]:
+    """An authenticated TLS connection: what is written to it is sealed first."""
+    conn = open_connection(
+        svc.address, process_backend(svc).key(), service="Echo", timeout_s=5, tls=TlsPolicy("on")
+    )
+    assert isinstance(conn, TlsStream)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_declared_sizes_allocate_nothing_and_oversized_messages_are_dropped(
-    reliability_log: Log,
+    reliability_log: Log, tls: bool
 ) -> None:
     failures = 0
-    with Echo(free_port()) as svc:
+    with Echo(free_port(), tls="on" if tls else "auto") as svc:
         server = svc.server_pid or 0
         assert svc.echo(b"x" * 2_000_000) == b"x" * 2_000_000  # large messages still travel
         before = _rss_mib(server)
-        with _raw(svc) as a, _raw(svc) as b, _raw(svc) as c:
-            for sock in (a, b, c):  # just under 1 GiB declared, then a little of it
-                sock.sendall(struct.pack("!i", (1 << 30) - 1) + b"y" * 100_000)
+        with contextlib.ExitStack() as stack:
+            opener: Callable[[Echo], AbstractContextManager[socket.socket | TlsStream]] = (
+                _sealed if tls else _raw
+            )
+            peers = [stack.enter_context(opener(svc)) for _ in range(3)]
+            for peer in peers:  # just under 1 GiB declared, then a little of it
+                data = struct.pack("!i", (1 << 30) - 1) + b"y" * 100_000
+                if isinstance(peer, TlsStream):
+                    peer.write(data)
+                else:
+                    peer.sendall(data)
             wait_until(
-                lambda: all(_unsent(sock) == 0 for sock in (a, b, c)),
+                lambda: all(_unsent(peer) == 0 for peer in peers),
                 timeout=10,
                 what="the server's kernel to take every byte",
             )
             grown = _peak_rss_mib(server, 0.5) - before
             failures += grown > LIMIT_MIB
             failures += svc.echo("still served") != "still served"
-            with _raw(svc) as over:  # over the 1 GiB limit: the connection is dropped
-                over.sendall(struct.pack("!iQ", -1, 1 << 40))
-                over.settimeout(10)
-                failures += over.recv(1) != b""
+            with _sealed(svc) if tls else _raw(svc) as over:  # over 1 GiB: dropped
+                data = struct.pack("!iQ", -1, 1 << 40)
+                if isinstance(over, TlsStream):
+                    over.write(data)
+                    failures += over.read(1) != b""
+                else:
+                    over.sendall(data)
+                    over.settimeout(10)
+                    failures += over.recv(1) != b""
         failures += svc.echo("after") != "after"
     reliability_log.record(
-        "3 peers declare 1 GiB messages; one declares 1 TiB",
+        f"3 peers declare 1 GiB messages; one declares 1 TiB ({'TLS' if tls else 'plain'})",
         rounds=4,
         failures=failures,
         note=f"server RSS grew {grown:.1f} MiB (limit {LIMIT_MIB})",
