@@ -104,7 +104,11 @@ class HealthTracker:
         return not self.degraded
 
     def due(self, now_ms: float) -> bool:
-        if self.last_check_ms is None:
+        """Whether a check is due at ``now_ms``. A time before the last check is due too:
+        the caller's clock is not the one the last check used (upstream code passes
+        epoch ms, others a monotonic clock), or the wall clock was set back; waiting for
+        it to catch up would skip every check meanwhile."""
+        if self.last_check_ms is None or now_ms < self.last_check_ms:
             return True
         return now_ms - self.last_check_ms >= self.policy.interval_s * 1000.0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from .backend import Backend, ServerRef
@@ -68,7 +69,12 @@ class ServiceKeeper:
         self._monitor: HealthMonitor | None = None
 
     def now_ms(self, current_time_ms: float | None = None) -> float:
-        return float(current_time_ms) if current_time_ms is not None else self.clock() * 1000.0
+        """The health checks' clock: the caller's ``current_time_ms``, else epoch ms, as
+        the design doc's callers pass (``TimeUtil.now_in_millis()``); an injected clock
+        (tests) replaces it."""
+        if current_time_ms is not None:
+            return float(current_time_ms)
+        return (time.time() if self.clock is time.monotonic else self.clock()) * 1000.0
 
     # -- health checks --------------------------------------------------------------------
 

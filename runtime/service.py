@@ -65,6 +65,30 @@ def _direct_server(cls: type[RPCServiceBase[Any]], service: str, port: int) -> A
     return cls._rpc_bare(service, port, running_unit_tests=True)._create_direct_server()
 
 
+_UNSET: Any = object()
+
+
+class NoServer:
+    """``_server_proxy`` while there is no server to call: falsy, and any call through it
+    raises the error ``why()`` builds (a fresh one each time)."""
+
+    __slots__ = ("_why",)
+
+    def __init__(self, why: Callable[[], Exception]) -> None:
+        self._why = why
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise self._why()
+
+    def __repr__(self) -> str:
+        return f"<no server: {self._why()}>"
+
+
 class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
     """Base class for a client whose server object runs in its own process.
 
@@ -331,10 +355,36 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
 
     @property
     def _server_proxy(self) -> ServerT:
+        """The server's methods (``self._server_proxy.method_rpc(...)``).
+
+        While there is no server to call (not started, or shut down) it is falsy, as the
+        design doc's ``None`` was (``if not self._server_proxy:``), and a call through it
+        raises the typed error (:class:`ServiceStopped` after ``shutdown()``). Assigning
+        it (as an upstream ``__setstate__`` does) holds the value until the next
+        ``_initialize_service()``.
+        """
+        assigned = self.__dict__.get("_rpc_assigned_proxy", _UNSET)
+        if assigned is not _UNSET:
+            return cast(ServerT, assigned)
         proxy = self._rpc_backend.proxy
-        if proxy is None:
-            raise self._rpc_no_server()
+        if proxy is None or self._rpc_life.state is ServiceState.STOPPED:
+            return cast(ServerT, NoServer(self._rpc_no_server))
         return cast(ServerT, proxy)
+
+    @_server_proxy.setter
+    def _server_proxy(self, value: Any) -> None:
+        self.__dict__["_rpc_assigned_proxy"] = value
+
+    @property
+    def _server_process(self) -> BaseProcess | None:
+        """The server's process, owner side (the design doc's ``_server_process``: ``.pid``,
+        ``.is_alive()``); None in direct mode, for other clients, and on Ray. Read-only."""
+        return cast("BaseProcess | None", getattr(self._rpc_backend, "process", None))
+
+    @property
+    def health_check_interval_ms(self) -> float:
+        """The design doc's name for ``health_check_interval_s`` (read-only)."""
+        return self.health_check_interval_s * 1000.0
 
     def _rpc_no_server(self) -> ServiceError:
         """Why there is no server to call: stopped, or not started (yet)."""
@@ -390,6 +440,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
 
     def _initialize_service(self) -> None:
         """Start the service: the server process and its client, or the direct server."""
+        self.__dict__.pop("_rpc_assigned_proxy", None)  # the server's own proxy again
         life = self._rpc_life
         with life.lock:
             if life.state is not ServiceState.NEW:

@@ -132,3 +132,17 @@ def test_invalid_constructor_arguments() -> None:
         Echo(70000)
     with pytest.raises(ValueError, match="service_name"):
         Echo(50000, name="bad name")
+
+
+def test_the_design_docs_attributes_hold_in_rpc_mode(port: int) -> None:
+    """Issue 21: what upstream subclasses read: ``_server_process`` (its pid, is_alive()),
+    and ``_server_proxy`` falsy after shutdown while calls through it raise, typed."""
+    svc = Echo(port)
+    process = svc._server_process
+    assert process is not None and process.pid == svc.server_pid and process.is_alive()
+    assert svc._server_proxy
+    svc.shutdown()
+    assert svc._server_process is None
+    assert not svc._server_proxy
+    with pytest.raises(ServiceStopped, match="has been shut down"):
+        svc._server_proxy.echo_rpc(1)

@@ -4,6 +4,7 @@ injected clock and sleep, no process and no real waiting."""
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -316,6 +317,46 @@ def test_direct_mode_health_is_rate_limited_by_the_injected_clock() -> None:
     assert server.checks == 2
 
 
+def test_health_checks_on_the_callers_clock_and_ours_mixed_still_probe() -> None:
+    # Issue 21: upstream callers pass epoch ms; one such call must not leave every later
+    # call without an argument "not due" (and healthy) for ever.
+    clock = FakeClock()
+    svc = Direct(clock, enable_health_check=True, health_check_interval_s=60)
+    server = svc._server_proxy
+    epoch_ms = 1_700_000_000_000.0
+    assert svc.health_check(current_time_ms=epoch_ms) is True
+    assert server.checks == 1
+    server.status = "failing"  # the server starts failing
+    assert svc.health_check() is False  # our clock, far behind the caller's: due
+    assert server.checks == 2
+    assert svc.health_check(current_time_ms=epoch_ms + 1) is False  # ahead again: due
+    assert server.checks == 3
+    assert svc.health_check(current_time_ms=epoch_ms + 2) is False  # rate limited
+    assert server.checks == 3
+
+
+def test_health_checks_default_to_epoch_ms_as_the_design_doc_callers_pass() -> None:
+    svc = RPCServiceBase.__new__(Direct)
+    RPCServiceBase.__init__(svc, "Epoch", 50000, running_unit_tests=True, enable_health_check=True)
+    svc._initialize_service()
+    server = svc._server_proxy
+    assert svc.health_check(current_time_ms=time.time() * 1000) is True
+    assert svc.health_check() is True  # the same clock: rate limited, no second probe
+    assert server.checks == 1
+    assert svc.health_check_interval_ms == 60_000
+
+
+def test_server_proxy_can_be_assigned_until_the_service_starts_again() -> None:
+    svc = Direct(FakeClock())
+    real = svc._server_proxy
+    svc._server_proxy = None  # as upstream's __setstate__ does
+    assert svc._server_proxy is None
+    svc.shutdown()
+    svc._rpc_life.state = ServiceState.NEW  # started again, as after unpickling
+    svc._initialize_service()
+    assert svc._server_proxy is not None and svc._server_proxy is not real
+
+
 def test_failing_direct_server_stays_unhealthy_while_rate_limited() -> None:
     clock = FakeClock()
     svc = Direct(clock, enable_health_check=True, health_check_interval_s=10)
@@ -335,8 +376,9 @@ def test_direct_mode_state_pid_and_pickling() -> None:
         pickle.dumps(svc)
     svc.shutdown()
     assert svc.state is ServiceState.STOPPED
+    assert not svc._server_proxy  # as the design doc's None: `if not self._server_proxy:`
     with pytest.raises(ServiceStopped):
-        svc._server_proxy  # noqa: B018
+        svc._server_proxy.health_check_rpc()
 
 
 def test_server_proxy_before_start_is_a_clear_error() -> None:
@@ -344,8 +386,10 @@ def test_server_proxy_before_start_is_a_clear_error() -> None:
         def __init__(self) -> None:
             RPCServiceBase.__init__(self, "Lazy", 50000)
 
+    proxy = Lazy()._server_proxy
+    assert not proxy
     with pytest.raises(ServiceUnavailable, match="call _initialize_service"):
-        Lazy()._server_proxy  # noqa: B018
+        proxy.health_check_rpc()
 
 
 def test_secret_repr_hides_the_value() -> None:
