@@ -41,6 +41,7 @@ from .errors import (
     ServiceUnavailable,
     StartupError,
     StartupTimeout,
+    StockServerFound,
     UnsafeBindError,
 )
 from .health import HealthPolicy, RestartPolicy
@@ -83,6 +84,7 @@ __all__ = [
     "StartedServices",
     "StartupError",
     "StartupTimeout",
+    "StockServerFound",
     "UnsafeBindError",
     "serve_rpc",
 ]

@@ -28,6 +28,8 @@ callers' existing ``except`` clauses already catch::
     │                                             has a live owner
     ├── BackendNotInstalled (ImportError)         backend="ray" without ray installed
     ├── MessageTooLarge (ValueError)              a request or reply over max_message_bytes
+    ├── StockServerFound                          the server speaks multiprocessing's stock
+    │                                             handshake (it built its own BaseManager)
     └── ServiceStartError (RuntimeError)          a registry's service failed to start; the
                                                   ones already started were shut down
 
@@ -69,6 +71,7 @@ __all__ = [
     "ServiceUnavailable",
     "StartupError",
     "StartupTimeout",
+    "StockServerFound",
     "UnsafeBindError",
 ]
 
@@ -185,6 +188,22 @@ class ServiceTLSError(ServiceAuthenticationError):
         )
         AuthenticationError.__init__(
             self, f"{_where(service, host, port)}: TLS setup failed ({reason}); {hint}"
+        )
+
+
+class StockServerFound(ServiceError):
+    """The server speaks multiprocessing's stock handshake (it built its own BaseManager).
+
+    Its owner then talks to it the stock way (:mod:`rpcgen.runtime.stock`); anyone else
+    gets this error: such a server cannot prove itself first.
+    """
+
+    def __init__(self, *, service: str, host: str, port: int | str) -> None:
+        self.service, self.host, self.port = service, host, port
+        super().__init__(
+            f"{_where(service, host, port)} speaks multiprocessing's stock handshake (its "
+            "server builds its own BaseManager): only the owner that started it connects to "
+            "it; serve it with serve_rpc (or _serve_rpc) to attach to it or share it"
         )
 
 

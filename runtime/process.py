@@ -167,6 +167,14 @@ def wait_address_free(
     return True
 
 
+def listens(pid: int, address: Address) -> bool:
+    """Whether process ``pid`` is what listens on ``address`` (TCP port, or Unix path)."""
+    endpoint = Endpoint.of(address)
+    if endpoint.path is not None:
+        return any(found.pid == pid for found in find_unix_listeners(endpoint.path))
+    return any(found.pid == pid for found in find_listeners(endpoint.port))
+
+
 def find_unix_listeners(path: str) -> list[Listener]:
     """Processes (other than this one) with a Unix socket bound to ``path``."""
     import psutil

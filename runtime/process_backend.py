@@ -28,11 +28,17 @@ from . import directory, keyfile
 from .announce import ReadySignal
 from .backend import ServerRef
 from .endpoint import Address, Endpoint
-from .errors import ServiceUnavailable
+from .errors import ServiceUnavailable, StockServerFound
 from .health import FailureKind
 from .lifecycle import Lifecycle
 from .poll import retry
-from .process import cleanup_stale, stop_process, wait_address_free, wait_until_ready
+from .process import (
+    cleanup_stale,
+    listens,
+    stop_process,
+    wait_address_free,
+    wait_until_ready,
+)
 from .proxy import RPCProxy
 from .settings import ServiceSettings
 from .sharing import Located, stop_hung_server, wait_until_published
@@ -239,7 +245,15 @@ class ProcessBackend:
             self.proxy._rpc_rebind(address, authkey)
         self.log.info("%s server started (pid %s) on %s", settings.service, process.pid, self.label)
         try:
-            self.connect(self.proxy, process, settings.connect_timeout_s)
+            try:
+                self.connect(self.proxy, process, settings.connect_timeout_s)
+            except StockServerFound:
+                # The server built its own BaseManager (upstream's way). Talk to it the
+                # stock way, but only if the listener is the process we just started.
+                if not listens(int(process.pid or 0), address):
+                    raise
+                self.proxy._rpc_use_stock(settings.service)
+                self.connect(self.proxy, process, settings.connect_timeout_s)
             self._publish(process)
         except BaseException:
             self._stop_process()
@@ -253,7 +267,7 @@ class ProcessBackend:
         bounds each attempt's handshake too."""
         retry(
             # wait_ready=False: we are the start (or attach): nothing to wait for
-            lambda remaining: proxy._rpc_connection(wait_ready=False, timeout_s=remaining),
+            lambda remaining: proxy._rpc_connect(wait_ready=False, timeout_s=remaining),
             retry_on=ServiceUnavailable,
             timeout_s=timeout_s,
             clock=self.clock,
@@ -274,8 +288,12 @@ class ProcessBackend:
         authkey = self._key.value if self._key else None
         address = settings.endpoint.address
 
+        stock = self.proxy._rpc_stock if self.proxy is not None else None
+
         def graceful() -> None:
-            if authkey is not None:
+            if stock is not None:
+                stock.shutdown_server(settings.shutdown_timeout_s)
+            elif authkey is not None:
                 request_shutdown(
                     address,
                     authkey,

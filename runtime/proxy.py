@@ -10,6 +10,7 @@ children, and maps transport failures to :mod:`rpcgen.runtime.errors`.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import socket
@@ -36,6 +37,7 @@ from .wire import ProtocolError, TooLarge, dumps, looks_big, recv_message, send_
 
 if TYPE_CHECKING:
     from .mux import LoopConnections
+    from .stock import StockClient
 
 __all__ = ["RPCProxy"]
 
@@ -95,6 +97,8 @@ class RPCProxy(CallsByName):
     ) -> None:
         self._rpc_service = service
         self._rpc_tls_policy = tls or TlsPolicy()
+        #: set when the server speaks the stock manager protocol (see .stock)
+        self._rpc_stock: StockClient | None = None
         self._rpc_max_message_bytes = max_message_bytes
         self._rpc_address = address
         self._rpc_authkey = authkey
@@ -119,6 +123,24 @@ class RPCProxy(CallsByName):
         return f"<RPCProxy service={self._rpc_service!r} address={host}:{port}>"
 
     # -- connection management -------------------------------------------------
+
+    def _rpc_use_stock(self, typeid: str) -> None:
+        """Talk to a stock manager server from now on (its owner decided it may)."""
+        from .stock import StockClient  # only for servers that build their own BaseManager
+
+        self._rpc_stock = StockClient(
+            service=self._rpc_service,
+            address=self._rpc_address,
+            authkey=self._rpc_authkey,
+            typeid=typeid,
+        )
+
+    def _rpc_connect(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> None:
+        """Open this thread's connection now (a start or attach checks the server so)."""
+        if self._rpc_stock is not None:
+            self._rpc_stock.connect()
+        else:
+            self._rpc_connection(wait_ready=wait_ready, timeout_s=timeout_s)
 
     def _rpc_connection(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> Link:
         holder: _Holder | None = getattr(self._rpc_tls, "holder", None)
@@ -226,11 +248,15 @@ class RPCProxy(CallsByName):
         self._rpc_address = address
         self._rpc_authkey = authkey
         self._rpc_drop_all()
+        if self._rpc_stock is not None:
+            self._rpc_stock.reset(address, authkey)
 
     def _rpc_close(self) -> None:
         """Close every connection; later calls raise ServiceStopped. Idempotent."""
         self._rpc_closed = True
         self._rpc_drop_all()
+        if self._rpc_stock is not None:
+            self._rpc_stock.reset()
 
     def _rpc_after_fork(self) -> None:
         inherited, loops = self._rpc_conns, self._rpc_loops
@@ -260,6 +286,10 @@ class RPCProxy(CallsByName):
         An exception raised by the method is re-raised as itself. With
         ``timeout_s``, a call with no reply in time raises :class:`CallTimeout`.
         """
+        if self._rpc_stock is not None:
+            if self._rpc_closed:
+                raise ServiceStopped(service=self._rpc_service)
+            return self._rpc_stock.call(method, args, kwargs, timeout_s)
         kwargs = kwargs or {}
         big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
         payload = dumps((OBJECT_ID, method, args, kwargs), big)  # errors here: no I/O yet
@@ -303,6 +333,12 @@ class RPCProxy(CallsByName):
         A cancelled or timed-out call's late reply is dropped; the connection stays
         in step. Transport failures raise the same errors as :meth:`_rpc_call`.
         """
+        if self._rpc_stock is not None:  # no mux in the stock protocol: a thread per call
+            import asyncio
+
+            return asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(self._rpc_call, method, args, kwargs, timeout_s)
+            )
         loops = self._rpc_loops
         if loops is None:
             from .mux import LoopConnections  # asyncio: imported only by programs that use it
@@ -375,6 +411,7 @@ class RPCProxy(CallsByName):
                 self._rpc_connect_timeout_s,
                 self._rpc_max_message_bytes,
                 self._rpc_tls_policy,
+                self._rpc_stock.typeid if self._rpc_stock is not None else None,
             ),
         )
 
@@ -386,8 +423,9 @@ def _rebuild_proxy(
     timeout_s: float,
     max_bytes: int,
     tls: TlsPolicy | None = None,
+    stock: str | None = None,
 ) -> RPCProxy:
-    return RPCProxy(
+    proxy = RPCProxy(
         service=service,
         address=address,
         authkey=authkey,
@@ -395,6 +433,9 @@ def _rebuild_proxy(
         max_message_bytes=max_bytes,
         tls=tls,
     )
+    if stock is not None:
+        proxy._rpc_use_stock(stock)
+    return proxy
 
 
 def _shutdown_and_close(conn: Link) -> None:

@@ -46,6 +46,7 @@ from .errors import (
     ServiceAuthenticationError,
     ServiceTLSError,
     ServiceUnavailable,
+    StockServerFound,
 )
 from .tls import TlsPolicy, TlsStream
 from .wire import Stream, read_exactly, write_all
@@ -197,6 +198,14 @@ HELLO = b"rpcgen-2\n"
 _NONCE = 32
 #: The handshake's binding inside TLS: the channel, whose server TLS has verified.
 TLS_BINDING = b"tls"
+#: What a stock multiprocessing server sends first, after a 4-byte length.
+STOCK_CHALLENGE = b"#CHALLENGE#"
+_STOCK_HEAD = b"\0" * 4 + STOCK_CHALLENGE
+
+
+class StockChallenge(Exception):
+    """The peer is a stock multiprocessing server: it challenged us first (nothing
+    derived from the key was sent to it)."""
 
 
 def socket_binding(address: Any) -> bytes:
@@ -226,7 +235,10 @@ def client_handshake(fd: Stream, key: bytes, binding: bytes) -> None:
     """
     mine = secrets.token_bytes(_NONCE)
     write_all(fd, HELLO + mine)
-    reply = read_exactly(fd, 2 * _NONCE)
+    head = read_exactly(fd, len(_STOCK_HEAD))
+    if head[4:] == STOCK_CHALLENGE:
+        raise StockChallenge("the server sent multiprocessing's challenge first")
+    reply = head + read_exactly(fd, 2 * _NONCE - len(head))
     theirs, shown = reply[:_NONCE], reply[_NONCE:]
     if not hmac.compare_digest(shown, proof(key, b"server", mine, theirs, binding)):
         raise AuthenticationError("the server did not prove that it holds the key")
@@ -285,6 +297,9 @@ def _handshake(
     except AuthenticationError as exc:
         conn.close()
         raise ServiceAuthenticationError(service=service, host=host, port=port) from exc
+    except StockChallenge as exc:
+        conn.close()
+        raise StockServerFound(service=service, host=host, port=port) from exc
     except ssl.SSLError as exc:  # under TLS 1.3 a refused client certificate shows here
         conn.close()
         raise ServiceTLSError(

@@ -28,6 +28,7 @@ SAMPLES: dict[str, Any] = {
     "ServiceAuthenticationError": runtime_errors.ServiceAuthenticationError(
         service="S", host="127.0.0.1", port=1
     ),
+    "StockServerFound": runtime_errors.StockServerFound(service="S", host="127.0.0.1", port=1),
     "ServiceTLSError": runtime_errors.ServiceTLSError(
         service="S", host="10.0.0.1", port=1, reason="certificate verify failed"
     ),
