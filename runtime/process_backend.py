@@ -245,6 +245,11 @@ class ProcessBackend:
             self.proxy._rpc_rebind(address, authkey)
         self.log.info("%s server started (pid %s) on %s", settings.service, process.pid, self.label)
         try:
+            stock = self.proxy._rpc_stock
+            if stock is not None and not listens(int(process.pid or 0), address):
+                raise StockServerFound(
+                    service=settings.service, host=settings.host, port=settings.port
+                )
             try:
                 self.connect(self.proxy, process, settings.connect_timeout_s)
             except StockServerFound:
