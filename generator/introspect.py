@@ -12,7 +12,11 @@ docstring line, and work out which imports the generated client needs:
   time, so names in defaults get real imports, except literal constants of the
   server module, which are inlined;
 * ``typing.Optional/Union/List/...`` become ``X | None``, ``list[...]``, and
-  ``typing.Callable`` & co. come from ``collections.abc``, as current ruff wants.
+  ``typing.Callable`` & co. come from ``collections.abc``, as current ruff wants;
+* loose annotations are made strict in the generated signatures only: a bare
+  generic (``list``, ``dict``, ``Callable``) gets ``Any`` arguments, and a parameter
+  whose default is ``None`` gets ``| None`` (implicit ``Optional``), so the client is
+  ``mypy --strict`` and ruff clean whatever the server module's style.
 """
 
 from __future__ import annotations
@@ -330,6 +334,97 @@ class _Modernize(ast.NodeTransformer):
         return self.generic_visit(node)
 
 
+#: Generic classes and how many type arguments a bare use of each gets ("..." for tuple).
+_GENERIC_ARITY: dict[str, int | str] = {
+    "list": 1,
+    "set": 1,
+    "frozenset": 1,
+    "type": 1,
+    "dict": 2,
+    "tuple": "...",
+    "Callable": "...",
+    "Iterable": 1,
+    "Iterator": 1,
+    "Sequence": 1,
+    "MutableSequence": 1,
+    "Collection": 1,
+    "Container": 1,
+    "AbstractSet": 1,
+    "MutableSet": 1,
+    "Mapping": 2,
+    "MutableMapping": 2,
+    "Generator": 3,
+    "AsyncIterable": 1,
+    "AsyncIterator": 1,
+    "AsyncGenerator": 2,
+    "Awaitable": 1,
+    "Coroutine": 3,
+    "Deque": 1,
+    "DefaultDict": 2,
+    "OrderedDict": 2,
+    "Counter": 1,
+    "ChainMap": 2,
+}
+
+
+class _FillGenerics(ast.NodeTransformer):
+    """``list`` -> ``list[Any]``, ``Callable`` -> ``Callable[..., Any]``: a bare generic
+    is an error under mypy --strict (type-arg)."""
+
+    def __init__(self, scope: _ModuleScope) -> None:
+        self.scope = scope
+        self.used_any = False
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        node.slice = self.visit(node.slice)  # the subscripted name itself stays as it is
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        return node  # module.Name: left alone (its arity is not known here)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        arity = _GENERIC_ARITY.get(node.id)
+        if arity is None or not self._is_generic(node.id):
+            return node
+        self.used_any = True
+        anything = ast.Name("Any", ast.Load())
+        args: list[ast.expr]
+        if arity == "...":
+            args = (
+                [anything, ast.Constant(Ellipsis)]
+                if node.id == "tuple"
+                else [
+                    ast.Constant(Ellipsis),
+                    anything,
+                ]
+            )
+        else:
+            args = [ast.Name("Any", ast.Load()) for _ in range(int(arity))]
+        slice_: ast.expr = args[0] if len(args) == 1 else ast.Tuple(args, ast.Load())
+        return ast.Subscript(value=node, slice=slice_, ctx=ast.Load())
+
+    def _is_generic(self, name: str) -> bool:
+        if name in ("list", "set", "frozenset", "type", "dict", "tuple"):
+            return name not in self.scope.defined and name not in self.scope.imports
+        imp = self.scope.imports.get(name)
+        return imp is not None and imp.module in (
+            *_TYPING_MODULES,
+            "collections.abc",
+            "collections",
+        )
+
+
+def _allows_none(expr: ast.expr) -> bool:
+    """Whether an annotation already admits None (``X | None``, ``None``, ``Any``)."""
+    if isinstance(expr, ast.Constant) and expr.value is None:
+        return True
+    if isinstance(expr, ast.Name) and expr.id in ("Any", "object", "None"):
+        return True
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.BitOr):
+        return _allows_none(expr.left) or _allows_none(expr.right)
+    return False
+
+
 def _root_names(node: ast.AST) -> set[str]:
     """Names whose binding an expression needs (the leftmost part of dotted names)."""
     found: set[str] = set()
@@ -346,6 +441,8 @@ class _Collector:
         self.typing: set[Import] = set()
         self.runtime: set[Import] = set()
         self.notes: list[str] = []
+        #: an implicit Optional was made explicit in the method being read
+        self.widened = False
 
     def _resolve(self, name: str, runtime: bool, method: str) -> bool:
         """Record the import for ``name``; False if it cannot be resolved."""
@@ -374,11 +471,20 @@ class _Collector:
         self.notes.append(f"{self.where}: {method}(): cannot resolve {name!r}; typed as Any")
         return False
 
-    def annotation(self, node: ast.expr | None, method: str) -> str:
+    def annotation(self, node: ast.expr | None, method: str, *, optional: bool = False) -> str:
+        """The annotation as generated code writes it; ``optional``: the default is None."""
         if node is None:
             self.typing.add(Import("typing", "Any"))
             return "Any"
         expr = _Modernize(self.scope).visit(copy.deepcopy(node))
+        filler = _FillGenerics(self.scope)
+        expr = filler.visit(expr)
+        if filler.used_any:
+            self.typing.add(Import("typing", "Any"))
+        if optional and not _allows_none(expr):
+            expr = ast.BinOp(left=expr, op=ast.BitOr(), right=ast.Constant(None))
+            # The server's own signature says otherwise: call it untyped (see _method).
+            self.widened = True
         ast.fix_missing_locations(expr)
         if not all(self._resolve(n, False, method) for n in sorted(_root_names(expr))):
             self.typing.add(Import("typing", "Any"))
@@ -515,7 +621,12 @@ def _class_chain(cls: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> list[as
     return chain
 
 
+def _is_none(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
 def _method(node: ast.FunctionDef, client: str, c: _Collector) -> RpcMethod:
+    c.widened = False
     a = node.args
     name = node.name
     positional = [*a.posonlyargs, *a.args]
@@ -531,7 +642,7 @@ def _method(node: ast.FunctionDef, client: str, c: _Collector) -> RpcMethod:
             Param(
                 arg.arg,
                 kind,
-                c.annotation(arg.annotation, name),
+                c.annotation(arg.annotation, name, optional=_is_none(default)),
                 c.default(default, name) if default is not None else None,
             )
         )
@@ -542,7 +653,7 @@ def _method(node: ast.FunctionDef, client: str, c: _Collector) -> RpcMethod:
             Param(
                 arg.arg,
                 "kwonly",
-                c.annotation(arg.annotation, name),
+                c.annotation(arg.annotation, name, optional=_is_none(kw_default)),
                 c.default(kw_default, name) if kw_default is not None else None,
             )
         )
@@ -550,6 +661,8 @@ def _method(node: ast.FunctionDef, client: str, c: _Collector) -> RpcMethod:
         params.append(Param(a.kwarg.arg, "varkw", c.annotation(a.kwarg.annotation, name)))
     returns = c.annotation(node.returns, name)
     args = [*positional[1:], *a.kwonlyargs, *(x for x in (a.vararg, a.kwarg) if x is not None)]
-    untyped = node.returns is None or any(arg.annotation is None for arg in args)
+    # Untyped: called through the Any-typed proxy, since mypy would check the call against
+    # a signature it cannot trust (unannotated, or `x: int = None`, which it reads as int).
+    untyped = node.returns is None or any(arg.annotation is None for arg in args) or c.widened
     doc = _first_line(ast.get_docstring(node))
     return RpcMethod(name, client, tuple(params), returns, doc, untyped)

@@ -255,3 +255,66 @@ def test_the_async_view_is_typed_against_the_server_methods(
     assert bad.returncode == 1, bad.stdout + bad.stderr
     lines = {line.split(":")[1] for line in bad.stdout.splitlines() if ": error:" in line}
     assert lines == {"5", "6", "7"}, bad.stdout
+
+
+LOOSE_SERVER = '''\
+"""A server module in upstream's loose style: implicit Optional, bare generics, untyped
+parameters, **kwargs."""
+
+from typing import Callable, Dict, List, Optional
+
+
+class LooseServer:
+    def window_rpc(self, hotkey: str, current_time: int = None, names: list = None) -> dict:
+        return {"hotkey": hotkey, "t": current_time, "names": names}
+
+    def batch_rpc(self, rows: List, by: Dict = None, *, limit: int = None) -> set:
+        return set()
+
+    def apply_rpc(self, fn: Callable, items: tuple, key: Optional[str] = None) -> List:
+        return []
+
+    def loose_rpc(self, a, b=None, **kwargs) -> Optional[dict]:
+        return None
+
+    def pairs_rpc(self, mapping: "Dict[str, list]", default: str = None) -> "tuple":
+        return ()
+'''
+
+LOOSE_MYPY = """\
+[tool.mypy]
+strict = true
+
+[[tool.mypy.overrides]]
+module = "services.loose_server"
+ignore_errors = true
+"""
+
+
+@pytest.mark.slow
+def test_a_loose_server_module_gives_strict_clean_generated_code(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 21: upstream's style (implicit Optional, bare generics) is made strict in the
+    generated signatures only."""
+    write(tmp_path, "rpcgen.toml", SPEC.replace("Trading", "Loose").format(port=free_port()))
+    write(tmp_path, "services/__init__.py", '"""Services."""\n')
+    write(tmp_path, "services/loose_server.py", LOOSE_SERVER)
+    write(tmp_path, "pyproject.toml", LOOSE_MYPY)
+    generate(tmp_path)
+    base = (tmp_path / "services" / "loose_base.py").read_text()
+    assert "current_time: int | None = None" in base
+    assert "names: list[Any] | None = None" in base
+    assert "limit: int | None = None" in base
+    assert "fn: Callable[..., Any]" in base and "items: tuple[Any, ...]" in base
+    assert "-> dict[Any, Any]:" in base and "-> set[Any]:" in base
+    generated = [str(p.relative_to(tmp_path)) for p in (tmp_path / "services").glob("loose*.py")]
+    generated = [g for g in generated if not g.endswith("loose_server.py")]
+    ruff = run_ruff(["check", "--no-cache", "--isolated", *generated], tmp_path)
+    assert ruff.returncode == 0, ruff.stdout
+    mypy = run_mypy(
+        ["--cache-dir", str(tmp_path / ".mypy_cache"), *generated],
+        tmp_path,
+        rpcgen_shim(tmp_path_factory.mktemp("shim")),
+    )
+    assert mypy.returncode == 0, mypy.stdout
