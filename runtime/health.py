@@ -140,8 +140,14 @@ class HealthTracker:
         return Action.ALERT_MANUAL
 
     def restarted(self) -> None:
-        """A restart went through: count failures afresh (still degraded until a pass)."""
+        """A restart went through: count failures afresh (still degraded until a pass),
+        and judge the new server at the next check, however soon."""
         self.consecutive_failures = 0
+        self.check_soon()
+
+    def check_soon(self) -> None:
+        """Make the next check due at once (a restart is judged by it, not by the rate)."""
+        self.last_check_ms = None
 
 
 @dataclass

@@ -159,6 +159,8 @@ class ServiceKeeper:
         """The backend saw the owner's server die: count it, and restart at once."""
         tracker = self.supervisor.tracker
         tracker.record_failure(self.now_ms(), fatal=True)
+        # Not a check: the next one, even mid-restart, waits for the new server and judges it.
+        tracker.check_soon()
         if self.restart_server(reason, server):
             tracker.restarted()
 
