@@ -13,7 +13,8 @@ callers' existing ``except`` clauses already catch::
     │                                             no TLS
     ├── KeyFileError (PermissionError)            a key file that is not safe or not a key
     ├── RemoteCallError (RuntimeError)            server failed outside the method, or its
-    │                                             exception cannot be rebuilt here
+    │   │                                         exception cannot be rebuilt here
+    │   └── ResultNotPicklable (TypeError)        the method's result cannot be pickled
     ├── RemoteTraceback                           the server-side traceback, set as the
     │                                             ``__cause__`` of a server method's exception
     ├── StartupError (RuntimeError)               server process died before it was ready
@@ -61,6 +62,7 @@ __all__ = [
     "PortInUseError",
     "RemoteCallError",
     "RemoteTraceback",
+    "ResultNotPicklable",
     "ServiceAlreadyRunning",
     "ServiceAuthenticationError",
     "ServiceError",
@@ -233,6 +235,20 @@ class RemoteCallError(RuntimeError, ServiceError):
                 "be unpickled)"
             )
         super().__init__(f"{head}; remote traceback:\n{remote_traceback}")
+
+
+class ResultNotPicklable(RemoteCallError, TypeError):
+    """A server method returned something pickle cannot send (a generator, a lock, a
+    lambda): one line, as direct mode says it."""
+
+    def __init__(self, *, service: str, method: str, reason: str) -> None:
+        RemoteCallError.__init__(self, service=service, method=method, remote_traceback=reason)
+        self.reason = reason
+        self.args = (
+            f"service {service!r}: the result of {method}() cannot cross a process boundary "
+            f"(pickle failed on the server: {reason}); return plain data, e.g. a list "
+            "instead of a generator",
+        )
 
 
 class RemoteTraceback(ServiceError):

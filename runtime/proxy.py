@@ -26,6 +26,7 @@ from .errors import (
     CallTimeout,
     MessageTooLarge,
     RemoteCallError,
+    ResultNotPicklable,
     ServiceAuthenticationError,
     ServiceStopped,
     ServiceUnavailable,
@@ -396,6 +397,8 @@ class RPCProxy(CallsByName):
                 raise result
             finally:
                 del result  # break the traceback reference cycle
+        if kind == "#UNSERIALIZABLE":
+            raise ResultNotPicklable(service=self._rpc_service, method=method, reason=str(result))
         raise RemoteCallError(
             service=self._rpc_service, method=method, remote_traceback=str(result)
         )

@@ -177,6 +177,8 @@ class ServiceGraph:
             kwargs: dict[str, Any] = dict(common)
             kwargs.update(options.get(node.name, {}))
             kwargs["running_unit_tests"] = running_unit_tests
+            if running_unit_tests:  # as over RPC: every argument and result through pickle
+                kwargs.setdefault("direct_mode_pickle", True)
             if node.name in ports:
                 kwargs["port"] = ports[node.name]
             for dep in node.depends_on:

@@ -193,8 +193,9 @@ class _RPCServer(managers.Server):
             reply, big = ("#TRACEBACK", traceback.format_exc()), False
         try:
             return dumps(reply, big)
-        except Exception:
-            return dumps(("#UNSERIALIZABLE", traceback.format_exc()), False)
+        except Exception as exc:  # one line: the client makes it a ResultNotPicklable
+            why = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            return dumps(("#UNSERIALIZABLE", why.replace("\n", " ")), False)
 
     def serve_forever(self, owner_pid: int | None = None) -> None:
         """Like ``managers.Server.serve_forever``, with two changes.

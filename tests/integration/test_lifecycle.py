@@ -11,6 +11,7 @@ import pytest
 
 from rpcgen.runtime import (
     RemoteCallError,
+    ResultNotPicklable,
     ServiceState,
     ServiceStopped,
     StartupError,
@@ -79,11 +80,17 @@ def test_remote_exception_keeps_its_type(port: int) -> None:
         svc._server_proxy.boom_rpc("kaboom")
 
 
-def test_unpicklable_result_is_remote_call_error_with_traceback(port: int) -> None:
+def test_an_unpicklable_result_is_one_clear_line_as_in_direct_mode(port: int) -> None:
     with Echo(port) as svc:
-        with pytest.raises(RemoteCallError) as info:
+        with pytest.raises(ResultNotPicklable) as info:
             svc._server_proxy.unpicklable_rpc()
-        assert "lock" in info.value.remote_traceback.lower()
+        message = str(info.value)
+        assert "\n" not in message, message
+        assert "the result of unpicklable_rpc() cannot cross a process boundary" in message
+        assert "lock" in message and "lock" in info.value.remote_traceback.lower()
+        assert isinstance(info.value, (TypeError, RemoteCallError))
+        with pytest.raises(ResultNotPicklable, match="numbers_rpc"):  # a generator
+            svc._server_proxy.numbers_rpc(3)
         assert svc.echo("still in step") == "still in step"
 
 

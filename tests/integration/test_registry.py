@@ -65,6 +65,11 @@ def test_direct_mode_starts_no_process() -> None:
     with reg.start_all(running_unit_tests=True, cleanup_on_signals=False) as started:
         assert all(client.server_pid is None for _, client in started)
         assert started.c.echo(1) == 1
+        # As the generated tests promise: every call round-trips through pickle, so what
+        # could not cross a process boundary fails here too (issue 21).
+        assert all(client.direct_mode_pickle for _, client in started)
+        with pytest.raises(TypeError, match="cannot cross a process boundary"):
+            started.c.echo(lambda: None)
 
 
 def test_a_failing_service_is_named_and_the_others_are_shut_down(

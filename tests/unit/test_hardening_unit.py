@@ -28,6 +28,9 @@ SAMPLES: dict[str, Any] = {
     "ServiceAuthenticationError": runtime_errors.ServiceAuthenticationError(
         service="S", host="127.0.0.1", port=1
     ),
+    "ResultNotPicklable": runtime_errors.ResultNotPicklable(
+        service="S", method="m", reason="TypeError: cannot pickle 'generator' object"
+    ),
     "StockServerFound": runtime_errors.StockServerFound(service="S", host="127.0.0.1", port=1),
     "ServiceTLSError": runtime_errors.ServiceTLSError(
         service="S", host="10.0.0.1", port=1, reason="certificate verify failed"
