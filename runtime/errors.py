@@ -116,7 +116,8 @@ class ServiceUnavailable(ConnectionError, ServiceError):
         self.service, self.host, self.port, self.reason = service, host, port, reason
         super().__init__(
             f"{_where(service, host, port)} is unavailable: {reason}; "
-            "check that the server is running (rpcgen ps) or restart the service"
+            "check that the server is running (rpcgen ps); a restart under way (its owner "
+            "restarts a failed server by itself) ends within start_timeout_s"
         )
 
 

@@ -175,6 +175,29 @@ def listens(pid: int, address: Address) -> bool:
     return any(found.pid == pid for found in find_listeners(endpoint.port))
 
 
+def _short(text: str, limit: int = 120) -> str:
+    """A process title for a message: setproctitle pads it with spaces; cut it short."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _this_process_listens(endpoint: Endpoint) -> bool:
+    import psutil
+
+    try:
+        conns = psutil.Process().net_connections(kind="unix" if endpoint.path else "inet")
+    except psutil.Error:
+        return False
+    for conn in conns:
+        laddr: object = conn.laddr
+        if endpoint.path is not None:
+            if laddr == endpoint.path:
+                return True
+        elif conn.status == psutil.CONN_LISTEN and getattr(laddr, "port", None) == endpoint.port:
+            return True
+    return False
+
+
 def find_unix_listeners(path: str) -> list[Listener]:
     """Processes (other than this one) with a Unix socket bound to ``path``."""
     import psutil
@@ -249,7 +272,7 @@ def cleanup_stale(
                 host=host,
                 port=port,
                 pid=listener.pid,
-                process_name=" ".join(listener.cmdline) or listener.name,
+                process_name=_short(" ".join(listener.cmdline)) or listener.name,
             )
         pid = listener.pid
         owner = title.owner_pid
@@ -300,9 +323,10 @@ def cleanup_stale(
     if not wait_address_free(address, timeout_s=timeout_s, clock=clock, sleep=sleep):
         still = find_unix_listeners(unix_path) if unix_path else find_listeners(int(port))
         first = still[0] if still else Listener(None, None, (), None)
-        raise PortInUseError(
-            service=service, host=host, port=port, pid=first.pid, process_name=first.name
-        )
+        holder, name = first.pid, first.name
+        if holder is None and _this_process_listens(endpoint):
+            holder, name = os.getpid(), "this process"
+        raise PortInUseError(service=service, host=host, port=port, pid=holder, process_name=name)
     endpoint.remove_file()  # wait_address_free just saw nobody listen
     return stopped
 

@@ -509,6 +509,10 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         """
         if not self.enable_health_check:
             return True
+        if self._rpc_life.state is ServiceState.STOPPED:
+            # Not a transport failure to log and count: the service was shut down.
+            self._rpc_log.debug("%s is shut down: health_check() is False", self.service_name)
+            return False
         return self._rpc_keeper.health_check(current_time_ms)
 
     def start_health_monitor(self, interval_s: float | None = None) -> None:

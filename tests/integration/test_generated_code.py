@@ -186,7 +186,8 @@ def test_new_project_end_to_end_generated_tests_pass(
 ) -> None:
     new_service(tmp_path, "Foo", port=free_port())
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        # -W error: no warning either (pytest 9.2 deprecates fixtures on plugin objects)
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
         cwd=tmp_path,
         env=clean_pytest_env(),
         capture_output=True,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import socket
 
 import psutil
 import pytest
 
 from rpcgen.runtime import (
+    PortInUseError,
     RemoteCallError,
     ResultNotPicklable,
     ServiceState,
@@ -153,3 +155,29 @@ def test_the_design_docs_attributes_hold_in_rpc_mode(port: int) -> None:
     assert not svc._server_proxy
     with pytest.raises(ServiceStopped, match="has been shut down"):
         svc._server_proxy.echo_rpc(1)
+
+
+def test_health_check_after_shutdown_says_so_and_logs_no_failure(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = Echo(port, enable_health_check=True)
+    svc.shutdown()
+    with caplog.at_level(logging.DEBUG, logger="rpcgen"):
+        assert svc.health_check() is False
+    assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("is shut down" in r.message for r in caplog.records)
+
+
+def test_a_port_held_by_this_very_process_is_named_so(port: int) -> None:
+    with (
+        socket.create_server(("127.0.0.1", port)),
+        pytest.raises(PortInUseError, match=r"\(this process\)"),
+    ):
+        Echo(port, shutdown_timeout_s=0.2)
+
+
+def test_a_padded_process_title_is_cut_short_in_messages() -> None:
+    from rpcgen.runtime.process import _short
+
+    assert _short("rpcgen: Echo:5000" + " " * 150) == "rpcgen: Echo:5000"
+    assert len(_short("x" * 500)) == 120
