@@ -549,7 +549,13 @@ def read_server_interface(
     methods: list[RpcMethod] = []
     for name in sorted(functions, key=lambda n: _order(functions[n])):
         node = functions[name]
-        if not name.endswith("_rpc") or name.startswith("_") or name == "health_check_rpc":
+        if name.startswith("_") or name == "health_check_rpc":
+            continue
+        if not name.endswith("_rpc"):
+            collector.notes.append(
+                f"{path}: {class_name}.{name}() is not served: only methods named *_rpc are "
+                f"(rename it {name}_rpc to serve it)"
+            )
             continue
         client = name[: -len("_rpc")]
         if isinstance(node, ast.AsyncFunctionDef):

@@ -122,7 +122,9 @@ def parse_spec(data: Mapping[str, Any], file: str = SPEC_FILE) -> ProjectSpec:
         for name, body in raw_services.items()
         if (svc := _parse_service(c, str(name), body, package)) is not None
     ]
-    _check_across(c, services, package)
+    # Declared names, parsed or not: a service with errors of its own is reported once,
+    # not again as an "unknown service" in every depends_on that names it.
+    _check_across(c, services, package, declared={str(name) for name in raw_services})
     if c.issues:
         raise SpecError(c.issues)
     return ProjectSpec(
@@ -354,11 +356,13 @@ def _parse_health(c: _Checker, name: str, body: Any) -> HealthSpec | None:
     return HealthSpec(bool(enabled), float(interval), int(failures), bool(auto_restart))
 
 
-def _check_across(c: _Checker, services: list[ServiceSpec], package: str) -> None:
+def _check_across(
+    c: _Checker, services: list[ServiceSpec], package: str, declared: set[str]
+) -> None:
     by_port: dict[int, str] = {}
     by_snake: dict[str, str] = {}
     files: dict[str, str] = {}
-    names = {s.name for s in services}
+    names = {s.name for s in services} | declared
     for svc in services:
         if svc.port in by_port:
             c.add(

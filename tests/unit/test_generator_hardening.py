@@ -432,3 +432,22 @@ def test_an_empty_tool_rpcgen_table_is_filled_in_by_new(
     text = read(tmp_path, "pyproject.toml")
     assert "schema_version = 1" in text and "[tool.rpcgen.services.Foo]" in text
     assert (tmp_path / BASE).exists()
+
+
+def test_a_public_method_without_the_rpc_suffix_gets_a_note() -> None:
+    source = (
+        "class FooServer:\n"
+        "    def look_rpc(self) -> int:\n        return 1\n"
+        "    def lookup(self) -> int:\n        return 2\n"
+        "    def _helper(self) -> None:\n        pass\n"
+    )
+    interface = read_server_interface(
+        source, module="services.foo_server", class_name="FooServer", path=SERVER, service="Foo"
+    )
+    assert [m.rpc_name for m in interface.methods] == ["look_rpc"]
+    notes = [n for n in interface.notes if "lookup" in n]
+    assert notes == [
+        f"{SERVER}: FooServer.lookup() is not served: only methods named *_rpc are "
+        "(rename it lookup_rpc to serve it)"
+    ]
+    assert not any("_helper" in n for n in interface.notes)

@@ -137,6 +137,19 @@ def test_generated_module_names_may_not_collide() -> None:
     )
 
 
+def test_a_service_with_errors_is_not_also_reported_as_unknown_to_its_dependents() -> None:
+    # Issue 21: a typo `prot = 50111` used to add "depends_on: unknown service 'DocIndex'".
+    errors = _errors(
+        'schema_version = 1\npackage = "services"\n'
+        "[services.DocIndex]\nprot = 50111\n"
+        '[services.Summarizer]\nport = 50112\ndepends_on = ["DocIndex"]\n'
+    )
+    assert errors == [
+        "rpcgen.toml: service DocIndex: prot: unknown key; did you mean 'port'?",
+        "rpcgen.toml: service DocIndex: port: missing; every service needs a port",
+    ]
+
+
 def test_dependency_cycle() -> None:
     body = (
         "schema_version = 1\n"
