@@ -72,7 +72,9 @@ def _report(plan: Any, *, diff: bool, only_drift: bool = False) -> None:
         if only_drift and decision.action not in DRIFT:
             continue
         typer.echo(decision.line())
-        if diff:
+        # A user-owned file's template change is said once (the lock moves on): show it
+        # now, or it is gone by the time anyone runs --diff.
+        if diff or decision.source is not None:
             text = decision.diff()
             if text:
                 typer.echo(text, nl=not text.endswith("\n"))

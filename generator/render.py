@@ -417,7 +417,6 @@ def _render_service(
         "imports": "\n".join(import_lines(runtime, first_party)),
         "typing_imports": [line for line in import_lines(typing_only, first_party)],
         "package": spec.package,
-        "has_echo": any(m.client_name == "echo" for m in interface.methods),
         "deps": deps,
         "default_max_concurrent_calls": DEFAULT_MAX_CONCURRENT_CALLS,
         "ray_options": _ray_options(svc.ray),

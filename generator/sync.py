@@ -446,7 +446,7 @@ def _decide_user(
             Action.SKIP,
             "user",
             out.service,
-            "user-owned; its template changed, see `rpcgen generate --diff`",
+            "user-owned; its template changed: the change is shown below, not applied",
             disk,
             None,
             out,

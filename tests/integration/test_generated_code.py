@@ -195,8 +195,9 @@ def test_new_project_end_to_end_generated_tests_pass(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # mode, echo, health and the async test, each in direct and RPC mode
-    assert "8 passed" in result.stdout
+    # mode, health and the async test, each in direct and RPC mode; none of them uses the
+    # example echo_rpc, which the server skeleton tells the user to replace
+    assert "6 passed" in result.stdout
     files = ["services", "tests"]
     assert (
         subprocess.run(
@@ -319,3 +320,30 @@ def test_a_loose_server_module_gives_strict_clean_generated_code(
         rpcgen_shim(tmp_path_factory.mktemp("shim")),
     )
     assert mypy.returncode == 0, mypy.stdout
+
+
+@pytest.mark.slow
+def test_replacing_the_example_method_keeps_the_generated_tests_passing(tmp_path: Path) -> None:
+    """Issue 21: the skeleton says to replace echo_rpc; the generated tests must not need it."""
+    new_service(tmp_path, "Foo", port=free_port())
+    server = tmp_path / "services" / "foo_server.py"
+    text = server.read_text()
+    start = text.index("    def echo_rpc")
+    end = text.find("\n\n", start)
+    server.write_text(
+        text[:start]
+        + '    def shout_rpc(self, word: str) -> str:\n        """Loud."""\n'
+        + "        return word.upper()\n"
+        + (text[end:] if end >= 0 else "")
+    )
+    generate(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path,
+        env=clean_pytest_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout

@@ -3,6 +3,7 @@ user's own server method, client helper and test) regenerates cleanly and runs."
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,20 @@ def test_an_old_project_regenerates_without_a_change_and_its_tests_pass(tmp_path
         timeout=120,
     )
     assert generated.returncode == 0, generated.stdout + generated.stderr
-    assert _snapshot(project) == before, generated.stdout  # the same bytes, lock included
+    after = _snapshot(project)
+    # The same bytes in every file. The lock moves on only for the user-owned tests, whose
+    # template has changed since (the change is shown, not applied).
+    lock_before, lock_after = (json.loads(s.pop(".rpcgen.lock")) for s in (before, after))
+    assert after == before, generated.stdout
+    moved = {
+        path
+        for path, entry in lock_after["files"].items()
+        if entry != lock_before["files"].get(path)
+    }
+    assert all(lock_after["files"][path]["owner"] == "user" for path in moved), moved
+    assert all(
+        f"skip      {path} (user-owned; its template changed" in generated.stdout for path in moved
+    )
     # Its own tests, the user's included, against today's runtime: real server processes.
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-W", "error"],

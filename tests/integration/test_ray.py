@@ -156,7 +156,8 @@ def test_attach_and_a_live_owner_keeps_its_name(ray_head: RayNode) -> None:
         assert "Ray actors (cluster" in table.stdout and ns in table.stdout
         code, _ = finish(proc)  # stdin closes: the owner shuts down, and its actor goes
         assert code == 0
-    assert run_scenario(ray_head, "start", ns)["add"] == 7
+    started = run_scenario(ray_head, "start", ns)
+    assert started.get("add") == 7, started  # the error, if any, says why
 
 
 def test_stale_detached_actor_of_a_killed_owner_is_replaced(ray_head: RayNode) -> None:
