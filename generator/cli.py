@@ -159,12 +159,23 @@ def generate(
     from .api import generate as run_generate
     from .api import plan_generate
     from .errors import ConflictsWritten
+    from .sync import DRIFT, Action
 
     if check:
         plan = plan_generate(root)
         _report(plan, diff=True, only_drift=True)
         if plan.drift:
-            typer.echo("drift: generated code is out of date; run `rpcgen generate`", err=True)
+            if plan.conflicts and all(
+                d.action in (Action.CONFLICT,) for d in plan.decisions if d.action in DRIFT
+            ):
+                # Running generate would only say this again: what to do is resolve them.
+                typer.echo(
+                    f"drift: resolve the <<<<<<< blocks in {', '.join(plan.conflicts)} "
+                    "(keep what you want, delete the markers), then run `rpcgen generate`",
+                    err=True,
+                )
+            else:
+                typer.echo("drift: generated code is out of date; run `rpcgen generate`", err=True)
             raise typer.Exit(EXIT_DRIFT)
         typer.echo("up to date")
         return

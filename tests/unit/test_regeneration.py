@@ -141,8 +141,10 @@ def test_conflict_is_written_with_diff3_markers_and_exits_3(
     code, out, _ = cli(capsys, project, "generate")
     assert code == 3 and "unresolved conflict markers" in out
     assert read(project, BASE) == text
-    # --check reports it as drift.
-    assert cli(capsys, project, "generate", "--check")[0] == 1
+    # --check reports it as drift, and says what to do (not just "run rpcgen generate").
+    code, _, err = cli(capsys, project, "generate", "--check")
+    assert code == 1
+    assert f"resolve the <<<<<<< blocks in {BASE}" in err
     # Resolve by keeping our line; the next run merges cleanly.
     resolved = re.sub(
         r"<<<<<<< .*?\n(.*?)\|\|\|\|\|\|\| .*?>>>>>>> [^\n]*\n", r"\1", text, flags=re.S
