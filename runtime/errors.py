@@ -140,8 +140,15 @@ class CallTimeout(TimeoutError, ServiceUnavailable):
 class ServiceNotFound(ServiceUnavailable):
     """``attach()`` found no running service by that port or name on this host."""
 
-    def __init__(self, *, service: str | None, port: int | None, timeout_s: float) -> None:
+    def __init__(
+        self, *, service: str | None, port: int | None, timeout_s: float, why: str | None = None
+    ) -> None:
         self.timeout_s = timeout_s
+        if why is not None:  # found nothing without looking: say why (e.g. no Ray cluster)
+            ServiceUnavailable.__init__(
+                self, service=service or "?", host="ray", port="?", reason=why
+            )
+            return
         what = " ".join(
             part
             for part in (

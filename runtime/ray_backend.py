@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ from .ray_actor import Raised, actor_class
 from .ray_cluster import (
     actor_dead,
     actor_row,
+    cluster_address,
     connect,
     find_job,
     import_ray,
@@ -384,6 +386,19 @@ class RayBackend:
 
     def attach(self, located: Any, timeout_s: float) -> None:
         """Follow the running actor, waiting up to ``timeout_s`` for it to answer."""
+        ray = sys.modules.get("ray")
+        connected = ray is not None and ray.is_initialized()
+        if not connected and cluster_address(self.address) is None:
+            # Connecting would start a Ray private to this program, where no owner's actor
+            # can be: say so at once, not after a search of the wrong cluster.
+            raise ServiceNotFound(
+                service=self.service,
+                port=None,
+                timeout_s=timeout_s,
+                why=f"no Ray cluster to look in for {self.service!r}: an owner's own local Ray "
+                "is private to it. Start a cluster with `ray start --head`, and give both "
+                "programs its address (RAY_ADDRESS, or ray_address=)",
+            )
         proxy = self._new_proxy(self.address)
         try:
             pid = retry(

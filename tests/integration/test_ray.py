@@ -209,6 +209,21 @@ def test_local_ray_started_on_first_use_is_gone_when_the_program_ends() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_attach_with_no_cluster_to_look_in_says_so_at_once() -> None:
+    """Issue 21: an unrelated program's attach() started a private Ray, searched it for
+    12 s and said "no running service"."""
+    folder = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # no `ray start` cluster recorded
+    try:
+        env = scenario_env(None, RAY_TMPDIR=folder)
+        out = run_scenario(None, "attach_without_cluster", namespace(), env=env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert out["error"]["type"] == "ServiceNotFound", out
+    assert "no Ray cluster to look in" in out["error"]["message"]
+    assert "ray start --head" in out["error"]["message"]
+    assert out["ray_started"] is False  # nothing started, nothing searched
+
+
 def test_missing_ray_is_one_line() -> None:
     out = run_scenario(None, "missing", namespace())
     error = out["error"]

@@ -265,6 +265,25 @@ def nowhere(ns: str) -> dict[str, Any]:
     return {"error": error, "seconds": time.monotonic() - began}
 
 
+def attach_without_cluster(ns: str) -> dict[str, Any]:
+    """An unrelated program attaches, with no cluster to look in: told so, at once, and no
+    Ray of its own started for nothing."""
+    import sys
+
+    began = time.monotonic()
+    error = _error(
+        lambda: Echo.attach(
+            service_name="Echo", backend="ray", ray_options=RayOptions(namespace=ns), timeout_s=5
+        )
+    )
+    ray = sys.modules.get("ray")
+    return {
+        "error": error,
+        "seconds": time.monotonic() - began,
+        "ray_started": bool(ray is not None and ray.is_initialized()),
+    }
+
+
 def forks(ns: str) -> dict[str, Any]:
     """A program that imported ray starts process-backend services from several threads
     at once (a registry does), with fork, over and over."""
@@ -332,6 +351,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     for f in (
         basic,
         tls,
+        attach_without_cluster,
         sigkill,
         unhealthy,
         handoff,
