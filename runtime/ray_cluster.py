@@ -236,5 +236,18 @@ def list_cluster_services(
                 service="*", host="ray", port=target, reason="the Ray cluster does not answer"
             )
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=target, logging_level=logging.ERROR, log_to_driver=False)
+        # Ray's C++ side logs each failed attempt to join (e.g. 20 lines of InvalidAuthToken);
+        # the one warning that matters is ours, below.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        try:
+            ray.init(address=target, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                service="*",
+                host="ray",
+                port=target,
+                reason=f"could not join the Ray cluster ({type(exc).__name__}: "
+                f"{first_line(exc)}); with Ray's token authentication (its default) set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to a copy of the cluster's token",
+            ) from exc
     return target, list_services(timeout_s=timeout_s)

@@ -276,6 +276,29 @@ def test_ps_without_a_cluster_lists_no_ray_services() -> None:
     assert parse_line("RESULT", done.stdout) is None
 
 
+@pytest.mark.slow
+def test_ps_against_a_token_cluster_without_the_token_warns_once_and_lists_the_rest(
+    ray_head: RayNode,
+) -> None:
+    """Issue 21: `rpcgen ps` with a `ray start` cluster (token auth) and no token in the
+    environment printed Ray's retries, then an internal error, and listed nothing."""
+    env = scenario_env(None, RAY_ADDRESS=ray_head.address)  # no RAY_AUTH_* variables
+    done = subprocess.run(
+        [sys.executable, "-m", "rpcgen", "ps", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("rpcgen: warning")]
+    assert len(warnings) == 1, done.stderr
+    assert "RAY_AUTH_TOKEN_PATH" in warnings[0] and "Ray services not listed" in warnings[0]
+    assert "internal error" not in done.stderr
+    json.loads(done.stdout)  # the local servers' list, as JSON
+
+
 def test_two_nodes_across_a_veth_the_actor_pinned_to_the_worker_node() -> None:
     """A Ray head in namespace A, a worker node in namespace B; the service's actor is
     pinned to B by a custom resource, and a client in A calls it across the veth."""
