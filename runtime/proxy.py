@@ -290,6 +290,8 @@ class RPCProxy(CallsByName):
         if self._rpc_stock is not None:
             if self._rpc_closed:
                 raise ServiceStopped(service=self._rpc_service)
+            if self._rpc_wait_ready is not None:  # a restart under way: wait for it (bounded)
+                self._rpc_wait_ready(self._rpc_connect_timeout_s)
             return self._rpc_stock.call(method, args, kwargs, timeout_s)
         kwargs = kwargs or {}
         big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))

@@ -32,6 +32,12 @@ from .transport import describe
 __all__ = ["StockClient"]
 
 
+def _stale_object(remote_traceback: str) -> bool:
+    """Whether the stock server failed to find the proxy's object id (its serve_client
+    looks the id up before it calls anything)."""
+    return "KeyError" in remote_traceback and "id_to_obj[ident]" in remote_traceback
+
+
 class StockClient:
     """Calls a stock manager server's object, registered under ``typeid``."""
 
@@ -85,16 +91,23 @@ class StockClient:
             pool.shutdown(wait=False)
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            proxy = self._manager_proxy()
-            return proxy._callmethod(method, args, kwargs)
-        except managers.RemoteError as exc:  # failed outside the method (e.g. no such method)
-            raise RemoteCallError(
-                service=self.service, method=method, remote_traceback=str(exc)
-            ) from None
-        except (OSError, EOFError) as exc:
-            self.reset()
-            raise self._unavailable(exc) from exc
+        for attempt in (1, 2):
+            try:
+                proxy = self._manager_proxy()
+                return proxy._callmethod(method, args, kwargs)
+            except managers.RemoteError as exc:  # failed outside the method
+                if attempt == 1 and _stale_object(str(exc)):
+                    # The server restarted under this proxy: the new one does not know its
+                    # object id. The method never ran: get the new server's object, again.
+                    self.reset()
+                    continue
+                raise RemoteCallError(
+                    service=self.service, method=method, remote_traceback=str(exc)
+                ) from None
+            except (OSError, EOFError) as exc:
+                self.reset()
+                raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     def shutdown_server(self, timeout_s: float) -> None:
         """The stock manager's own ``shutdown`` request."""
@@ -106,7 +119,13 @@ class StockClient:
 
     def reset(self, address: Address | None = None, authkey: bytes | None = None) -> None:
         with self._lock:
-            self._proxy = None  # its finalizer lets go of the server's reference
+            old, self._proxy = self._proxy, None
+            # Not its finalizer's decref: object ids are addresses in the server process,
+            # and a restarted server (forked, the same layout) gives its object the same
+            # id, so the old proxy's decref would delete the new server's object.
+            finalizer = getattr(old, "_close", None)
+            if finalizer is not None:
+                finalizer.cancel()
             # BaseProxy keeps each thread's connection per server address, for every proxy
             # of that address: a restarted server on the same port must not get the dead
             # one's. Forget them (their sockets close when collected).
