@@ -44,10 +44,15 @@ class NewResult:
     result: GenerateResult
 
 
-def plan_generate(root: Path, spec: ProjectSpec | None = None) -> Plan:
-    """Render everything in memory and decide per file; writes nothing."""
+def plan_generate(
+    root: Path, spec: ProjectSpec | None = None, *, tolerate: frozenset[str] = frozenset()
+) -> Plan:
+    """Render everything in memory and decide per file; writes nothing.
+
+    ``tolerate``: services to hold, with a note, if their server module has an error.
+    """
     spec = spec if spec is not None else load_spec(root)
-    rendered = render_project(root, spec)
+    rendered = render_project(root, spec, tolerate=tolerate)
     return make_plan(
         root,
         rendered,
@@ -113,7 +118,9 @@ def new_service(
             health=health,
             depends_on=depends_on,
         )
-        plan = plan_generate(root, added.spec)
+        # Another service's server module may be mid-edit: hold it, do not fail the new one.
+        others = frozenset(s.name for s in added.spec.services if s.name != name)
+        plan = plan_generate(root, added.spec, tolerate=others)
         if not dry_run:
             atomic_write(added.location.path, added.text)
             spec_file = added.location.path.relative_to(root).as_posix()

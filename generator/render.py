@@ -80,6 +80,9 @@ class Rendered:
     outputs: tuple[Output, ...]
     notes: tuple[str, ...] = field(default=())
     black_version: str = ""
+    #: services not rendered this time (their server module has an error): their files
+    #: and lock entries stay as they are
+    held: frozenset[str] = frozenset()
 
 
 @cache
@@ -237,9 +240,19 @@ def _package_inits(root: Path, package: str) -> list[str]:
 
 
 def render_project(
-    root: Path, spec: ProjectSpec, *, read: Callable[[Path], str | None] | None = None
+    root: Path,
+    spec: ProjectSpec,
+    *,
+    read: Callable[[Path], str | None] | None = None,
+    tolerate: frozenset[str] = frozenset(),
 ) -> Rendered:
-    """Render every service of ``spec``. Reads server modules; writes nothing."""
+    """Render every service of ``spec``. Reads server modules; writes nothing.
+
+    A service in ``tolerate`` whose server module has an error is held (left as it is,
+    with a note) instead of failing the run: ``rpcgen new`` adds a service beside one
+    that someone is still fixing.
+    """
+    held: set[str] = set()
     reader = read or _read
     env = _environment()
     mode = black_mode(root)
@@ -283,14 +296,21 @@ def render_project(
         )
         server_text = existing if existing is not None else skeleton.text
         outputs.append(skeleton)
-        interface = read_server_interface(
-            server_text,
-            module=svc.server_module,
-            class_name=svc.server_class,
-            path=server_rel,
-            service=svc.name,
-            is_package=server_rel.endswith("__init__.py"),
-        )
+        try:
+            interface = read_server_interface(
+                server_text,
+                module=svc.server_module,
+                class_name=svc.server_class,
+                path=server_rel,
+                service=svc.name,
+                is_package=server_rel.endswith("__init__.py"),
+            )
+        except ServerModuleError as exc:
+            if svc.name not in tolerate:
+                raise
+            held.add(svc.name)
+            notes.append(f"{svc.name} left as it was (fix it, then run `rpcgen generate`): {exc}")
+            continue
         notes.extend(interface.notes)
         outputs.extend(_render_service(env, mode, spec, svc, interface, first_party))
     outputs.append(_render_registry(env, mode, spec, first_party))
@@ -298,7 +318,10 @@ def render_project(
     for out in outputs:
         unique.setdefault(out.path, out)
     return Rendered(
-        tuple(sorted(unique.values(), key=lambda o: o.path)), tuple(notes), _black_version()
+        tuple(sorted(unique.values(), key=lambda o: o.path)),
+        tuple(notes),
+        _black_version(),
+        frozenset(held),
     )
 
 

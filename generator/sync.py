@@ -336,6 +336,9 @@ def make_plan(
 
     for path in sorted(set(lock.files) - produced):
         entry = lock.files[path]
+        if entry.service in rendered.held:  # not rendered this time: left as it is
+            entries[path] = entry
+            continue
         disk = _read(root, path)
         gone = entry.service is not None and entry.service not in services
         why = "service removed from the spec" if gone else "no longer generated"

@@ -373,3 +373,28 @@ def test_owned_file_without_a_recorded_base_is_a_conflict_showing_both_sides(pro
         generate(project)
     text = read(project, BASE)
     assert "# mine" in text and "DEFAULT_PORT = 50077" in text and "<<<<<<<" in text
+
+
+def test_new_adds_a_service_beside_one_whose_server_module_has_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: a server class named unlike the convention failed `rpcgen new` of an
+    unrelated service, which then wrote nothing."""
+    assert cli(capsys, tmp_path, "new", "Challengeperiod", "--port", "50100")[0] == 0
+    server = tmp_path / "services" / "challengeperiod_server.py"
+    server.write_text(
+        server.read_text().replace("class ChallengeperiodServer", "class ChallengePeriodServer")
+    )
+    before = snapshot(tmp_path)
+    code, out, err = cli(capsys, tmp_path, "new", "Other", "--port", "50101")
+    assert code == 0, out + err
+    assert (tmp_path / "services" / "other.py").exists()
+    assert (tmp_path / "services" / "other_base.py").exists()
+    assert "Challengeperiod left as it was" in err and "set server_class" in err
+    after = snapshot(tmp_path)
+    for rel, text in before.items():  # the broken service's files are untouched
+        if "challengeperiod" in rel:
+            assert after[rel] == text, rel
+    # generate still says what is wrong, and exits 2.
+    code, _, err = cli(capsys, tmp_path, "generate")
+    assert code == 2 and "set server_class" in err
