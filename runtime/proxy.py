@@ -15,6 +15,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .errors import (
     ResultNotPicklable,
     ServiceAuthenticationError,
     ServiceStopped,
+    ServiceTLSError,
     ServiceUnavailable,
 )
 from .remote import unpack_exception
@@ -200,7 +202,7 @@ class RPCProxy(CallsByName):
 
         generation = self._rpc_generation
         try:
-            conn = attempt()
+            conn = _again_if_cut_short(attempt, bound)
         except ServiceAuthenticationError:
             # A restart can put a new server, with a new key, on the port between the
             # wait above and the connect. Then (and only then) wait for the restart to
@@ -419,6 +421,26 @@ class RPCProxy(CallsByName):
                 self._rpc_stock.typeid if self._rpc_stock is not None else None,
             ),
         )
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether the server hung up mid-handshake, before it proved anything: a server whose
+    table of pending handshakes was full (under attack) drops the newest peers it has
+    not heard from yet. Nothing of the call was sent, so trying again is safe."""
+    return isinstance(exc.__cause__, (EOFError, ConnectionResetError, BrokenPipeError))
+
+
+def _again_if_cut_short(attempt: Callable[[], Link], bound_s: float) -> Link:
+    deadline = time.monotonic() + bound_s
+    delay = 0.02
+    while True:
+        try:
+            return attempt()
+        except (ServiceUnavailable, ServiceTLSError) as exc:
+            if not _cut_short(exc) or time.monotonic() + delay >= deadline:
+                raise
+        time.sleep(delay)  # a short backoff: the server sheds load, then takes us
+        delay = min(delay * 2, 0.25)
 
 
 def _rebuild_proxy(
