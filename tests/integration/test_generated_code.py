@@ -28,6 +28,21 @@ ignore_errors = true
 """
 
 
+def _run_project_tests(root: Path) -> subprocess.CompletedProcess[str]:
+    """The generated project's own tests, as its user runs them; -W error: no warning either
+    (pytest 9.2 deprecates fixtures on plugin objects)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
+        cwd=root,
+        env=clean_pytest_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 @pytest.fixture
 def trading(tmp_path: Path) -> Path:
     write(tmp_path, "rpcgen.toml", SPEC.format(port=free_port()))
@@ -185,16 +200,7 @@ def test_new_project_end_to_end_generated_tests_pass(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     new_service(tmp_path, "Foo", port=free_port())
-    result = subprocess.run(
-        # -W error: no warning either (pytest 9.2 deprecates fixtures on plugin objects)
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
-        cwd=tmp_path,
-        env=clean_pytest_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = _run_project_tests(tmp_path)
     # mode, health and the async test, each in direct and RPC mode; none of them uses the
     # example echo_rpc, which the server skeleton tells the user to replace
     assert "6 passed" in result.stdout
@@ -337,13 +343,4 @@ def test_replacing_the_example_method_keeps_the_generated_tests_passing(tmp_path
         + (text[end:] if end >= 0 else "")
     )
     generate(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
-        cwd=tmp_path,
-        env=clean_pytest_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout
+    assert "6 passed" in _run_project_tests(tmp_path).stdout

@@ -39,6 +39,18 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
 
 
+def _spawn(ns: str, module: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _call_from(ns: str, server: str, key: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _in(ns, "call", server, str(PORT), str(key)),
@@ -55,15 +67,7 @@ def test_a_client_in_another_namespace_calls_the_server(
 ) -> None:
     ns_a, addr_a, ns_b, _ = hosts
     server_key = tmp_path / "server.key"  # missing: the owner creates it with a fresh key
-    server = subprocess.Popen(
-        _in(ns_a, "serve", addr_a, str(PORT), str(server_key)),
-        cwd=ROOT,
-        env=_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = _spawn(ns_a, "tests.support.netns_peer", "serve", addr_a, str(PORT), str(server_key))
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -89,18 +93,6 @@ def test_a_client_in_another_namespace_calls_the_server(
         if server.poll() is None:
             server.kill()
         server.communicate(timeout=30)
-
-
-def _spawn(ns: str, module: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env=_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _ask(process: subprocess.Popen[str], command: str) -> str:
