@@ -54,6 +54,9 @@ from .supervise import Probe, judge_health
 
 __all__ = ["RayBackend", "RayHost"]
 
+#: How long an actor whose owner looks alive may take to go (that owner just shut down).
+_JUST_GONE_S = 2.0
+
 
 class _NotReady(Exception):
     """The actor has not answered as started yet."""
@@ -130,6 +133,10 @@ class RayHost:
             else "an unknown program"
         )
         if not owner_gone:
+            # An owner that has just shut down (its actor killed, its job not yet marked
+            # ended) looks alive for a moment: give it that moment before saying it runs.
+            if self._wait_until(lambda: self._lookup(ray) is None, min(_JUST_GONE_S, timeout_s)):
+                return
             raise ServiceAlreadyRunning(service=self.service, where=self.where, owner=owner)
         if row.get("IsDetached"):
             self.log.warning(
