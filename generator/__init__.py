@@ -8,7 +8,7 @@ The API the CLI is a thin layer over (as copier's ``run_copy`` is)::
     generate(Path("."))                                 # regenerate after a spec change
 
 Where to look: ``spec.py`` (the model), ``spec_check.py`` (validation),
-``spec_file.py`` (finding, reading and editing the spec), ``introspect.py``
+``spec_file.py`` (finding, reading and editing the spec), ``introspect.py`` and ``annotations.py``
 (reading the user's server class), ``render.py`` (templates, black),
 ``sync.py`` (the lock, 3-way merges, writing), ``api.py``, ``cli.py``.
 """

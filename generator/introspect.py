@@ -11,12 +11,8 @@ docstring line, and work out which imports the generated client needs:
   ``from __future__ import annotations``), but defaults are evaluated at import
   time, so names in defaults get real imports, except literal constants of the
   server module, which are inlined;
-* ``typing.Optional/Union/List/...`` become ``X | None``, ``list[...]``, and
-  ``typing.Callable`` & co. come from ``collections.abc``, as current ruff wants;
-* loose annotations are made strict in the generated signatures only: a bare
-  generic (``list``, ``dict``, ``Callable``) gets ``Any`` arguments, and a parameter
-  whose default is ``None`` gets ``| None`` (implicit ``Optional``), so the client is
-  ``mypy --strict`` and ruff clean whatever the server module's style.
+* annotations are rewritten for generated code by :mod:`.annotations` (modern
+  forms, bare generics filled in, implicit ``Optional`` written out).
 """
 
 from __future__ import annotations
@@ -30,6 +26,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .annotations import (
+    ABC_ALIASES,
+    TYPING_MODULES,
+    FillGenerics,
+    Modernize,
+    allows_none,
+    root_names,
+)
 from .errors import ServerModuleError
 
 __all__ = [
@@ -43,43 +47,6 @@ __all__ = [
 ]
 
 _BUILTINS = frozenset(dir(builtins))
-_TYPING_MODULES = ("typing", "typing_extensions")
-_PEP585 = {
-    "List": "list",
-    "Dict": "dict",
-    "Set": "set",
-    "FrozenSet": "frozenset",
-    "Tuple": "tuple",
-    "Type": "type",
-}
-_ABC_ALIASES = frozenset(
-    {
-        "AsyncGenerator",
-        "AsyncIterable",
-        "AsyncIterator",
-        "Awaitable",
-        "ByteString",
-        "Callable",
-        "Collection",
-        "Container",
-        "Coroutine",
-        "Generator",
-        "Hashable",
-        "ItemsView",
-        "Iterable",
-        "Iterator",
-        "KeysView",
-        "Mapping",
-        "MappingView",
-        "MutableMapping",
-        "MutableSequence",
-        "MutableSet",
-        "Reversible",
-        "Sequence",
-        "Sized",
-        "ValuesView",
-    }
-)
 
 
 @dataclass(frozen=True, order=True)
@@ -266,11 +233,11 @@ class _ModuleScope:
         """``Optional`` for ``Optional``/``typing.Optional`` when it comes from typing."""
         if isinstance(node, ast.Name):
             imp = self.imports.get(node.id)
-            if imp and imp.name and imp.module in _TYPING_MODULES:
+            if imp and imp.name and imp.module in TYPING_MODULES:
                 return imp.name
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             imp = self.imports.get(node.value.id)
-            if imp and imp.name is None and imp.module in _TYPING_MODULES:
+            if imp and imp.name is None and imp.module in TYPING_MODULES:
                 return node.attr
         return None
 
@@ -281,157 +248,6 @@ def _is_literal(node: ast.expr) -> bool:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return False
     return True
-
-
-class _Modernize(ast.NodeTransformer):
-    """Rewrite typing aliases to PEP 604/585 forms; parse string annotations."""
-
-    def __init__(self, scope: _ModuleScope) -> None:
-        self.scope = scope
-
-    def visit_Constant(self, node: ast.Constant) -> ast.AST:
-        if isinstance(node.value, str):
-            try:
-                parsed = ast.parse(node.value, mode="eval").body
-            except SyntaxError:
-                return node
-            result: ast.AST = self.visit(parsed)
-            return result
-        return node
-
-    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
-        name = self.scope.typing_name(node.value)
-        if name == "Literal":
-            return node  # its strings are values, not annotations
-        node = self.generic_visit(node)  # type: ignore[assignment]
-        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if name == "Optional" and len(args) == 1:
-            return ast.BinOp(left=args[0], op=ast.BitOr(), right=ast.Constant(None))
-        if name == "Union" and args:
-            result = args[0]
-            for arg in args[1:]:
-                result = ast.BinOp(left=result, op=ast.BitOr(), right=arg)
-            return result
-        if name in _PEP585:
-            return ast.Subscript(
-                value=ast.Name(_PEP585[name], ast.Load()), slice=node.slice, ctx=ast.Load()
-            )
-        return node
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        name = self.scope.typing_name(node)
-        if name in _PEP585:
-            return ast.Name(_PEP585[name], ast.Load())
-        return node
-
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        name = self.scope.typing_name(node)
-        if name in _PEP585:
-            return ast.Name(_PEP585[name], ast.Load())
-        if name is not None:
-            # typing.X -> X, imported on its own (from collections.abc for ABC aliases)
-            return ast.Name(name, ast.Load())
-        return self.generic_visit(node)
-
-
-#: Generic classes and how many type arguments a bare use of each gets ("..." for tuple).
-_GENERIC_ARITY: dict[str, int | str] = {
-    "list": 1,
-    "set": 1,
-    "frozenset": 1,
-    "type": 1,
-    "dict": 2,
-    "tuple": "...",
-    "Callable": "...",
-    "Iterable": 1,
-    "Iterator": 1,
-    "Sequence": 1,
-    "MutableSequence": 1,
-    "Collection": 1,
-    "Container": 1,
-    "AbstractSet": 1,
-    "MutableSet": 1,
-    "Mapping": 2,
-    "MutableMapping": 2,
-    "Generator": 3,
-    "AsyncIterable": 1,
-    "AsyncIterator": 1,
-    "AsyncGenerator": 2,
-    "Awaitable": 1,
-    "Coroutine": 3,
-    "Deque": 1,
-    "DefaultDict": 2,
-    "OrderedDict": 2,
-    "Counter": 1,
-    "ChainMap": 2,
-}
-
-
-class _FillGenerics(ast.NodeTransformer):
-    """``list`` -> ``list[Any]``, ``Callable`` -> ``Callable[..., Any]``: a bare generic
-    is an error under mypy --strict (type-arg)."""
-
-    def __init__(self, scope: _ModuleScope) -> None:
-        self.scope = scope
-        self.used_any = False
-
-    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
-        node.slice = self.visit(node.slice)  # the subscripted name itself stays as it is
-        return node
-
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        return node  # module.Name: left alone (its arity is not known here)
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        arity = _GENERIC_ARITY.get(node.id)
-        if arity is None or not self._is_generic(node.id):
-            return node
-        self.used_any = True
-        anything = ast.Name("Any", ast.Load())
-        args: list[ast.expr]
-        if arity == "...":
-            args = (
-                [anything, ast.Constant(Ellipsis)]
-                if node.id == "tuple"
-                else [
-                    ast.Constant(Ellipsis),
-                    anything,
-                ]
-            )
-        else:
-            args = [ast.Name("Any", ast.Load()) for _ in range(int(arity))]
-        slice_: ast.expr = args[0] if len(args) == 1 else ast.Tuple(args, ast.Load())
-        return ast.Subscript(value=node, slice=slice_, ctx=ast.Load())
-
-    def _is_generic(self, name: str) -> bool:
-        if name in ("list", "set", "frozenset", "type", "dict", "tuple"):
-            return name not in self.scope.defined and name not in self.scope.imports
-        imp = self.scope.imports.get(name)
-        return imp is not None and imp.module in (
-            *_TYPING_MODULES,
-            "collections.abc",
-            "collections",
-        )
-
-
-def _allows_none(expr: ast.expr) -> bool:
-    """Whether an annotation already admits None (``X | None``, ``None``, ``Any``)."""
-    if isinstance(expr, ast.Constant) and expr.value is None:
-        return True
-    if isinstance(expr, ast.Name) and expr.id in ("Any", "object", "None"):
-        return True
-    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.BitOr):
-        return _allows_none(expr.left) or _allows_none(expr.right)
-    return False
-
-
-def _root_names(node: ast.AST) -> set[str]:
-    """Names whose binding an expression needs (the leftmost part of dotted names)."""
-    found: set[str] = set()
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Name):
-            found.add(sub.id)
-    return found
 
 
 class _Collector:
@@ -450,8 +266,8 @@ class _Collector:
         target = self.runtime if runtime else self.typing
         if name in scope.imports:
             imp = scope.imports[name]
-            if imp.name and imp.module in _TYPING_MODULES:
-                module = "collections.abc" if imp.name in _ABC_ALIASES else "typing"
+            if imp.name and imp.module in TYPING_MODULES:
+                module = "collections.abc" if imp.name in ABC_ALIASES else "typing"
                 imp = Import(module, imp.name, imp.alias)
             target.add(imp)
             return True
@@ -460,7 +276,7 @@ class _Collector:
             return True
         if name in _BUILTINS:
             return True
-        if name in _ABC_ALIASES:  # typing.Callable rewritten to a bare name
+        if name in ABC_ALIASES:  # typing.Callable rewritten to a bare name
             target.add(Import("collections.abc", name))
             return True
         import typing
@@ -476,17 +292,17 @@ class _Collector:
         if node is None:
             self.typing.add(Import("typing", "Any"))
             return "Any"
-        expr = _Modernize(self.scope).visit(copy.deepcopy(node))
-        filler = _FillGenerics(self.scope)
+        expr = Modernize(self.scope).visit(copy.deepcopy(node))
+        filler = FillGenerics(self.scope)
         expr = filler.visit(expr)
         if filler.used_any:
             self.typing.add(Import("typing", "Any"))
-        if optional and not _allows_none(expr):
+        if optional and not allows_none(expr):
             expr = ast.BinOp(left=expr, op=ast.BitOr(), right=ast.Constant(None))
             # The server's own signature says otherwise: call it untyped (see _method).
             self.widened = True
         ast.fix_missing_locations(expr)
-        if not all(self._resolve(n, False, method) for n in sorted(_root_names(expr))):
+        if not all(self._resolve(n, False, method) for n in sorted(root_names(expr))):
             self.typing.add(Import("typing", "Any"))
             return "Any"
         return ast.unparse(expr)
@@ -501,7 +317,7 @@ class _Collector:
 
         expr = Inline().visit(expr)
         ast.fix_missing_locations(expr)
-        for name in sorted(_root_names(expr)):
+        for name in sorted(root_names(expr)):
             if not self._resolve(name, True, method):
                 raise ServerModuleError(
                     path=self.where,

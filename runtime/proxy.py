@@ -303,12 +303,13 @@ class RPCProxy(CallsByName):
             raise self._rpc_too_large("request", len(payload))
         conn = self._rpc_connection(timeout_s=timeout_s)
         try:
-            send_message(stream_of(conn), payload)
+            stream = stream_of(conn)
+            send_message(stream, payload)
             del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
             if timeout_s is not None and not conn.poll(timeout_s):
                 reply = None
             else:
-                reply = recv_message(stream_of(conn), limit)
+                reply = recv_message(stream, limit)
         except TooLarge as exc:  # nothing of it was read: the connection is out of step
             self._rpc_discard(conn)
             raise self._rpc_too_large("reply", exc.size) from None

@@ -347,14 +347,6 @@ class TlsStream:
 
     # -- what wire uses -------------------------------------------------------------------
 
-    def _fill(self) -> bool:
-        while not self._plain:
-            raw = os.read(self.fd, _RAW_READ)
-            if not raw:
-                return False
-            self._plain += self.tls.decrypt(raw)
-        return True
-
     def read_message(self, max_bytes: int) -> bytes | bytearray:
         """One framed message (as :func:`~.wire.recv_message`); the buffer grows only as
         bytes arrive. EOFError if the peer closes first."""
@@ -416,19 +408,14 @@ class TlsStream:
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; b"" at EOF (as ``os.read``)."""
-        if not self._plain and not self._fill():
+        try:
+            while not self._plain:
+                self._more()
+        except EOFError:
             return b""
         data = bytes(self._plain[:n])
         del self._plain[:n]
         return data
-
-    def readinto(self, view: memoryview) -> int:
-        if not self._plain and not self._fill():
-            return 0
-        n = min(len(view), len(self._plain))
-        view[:n] = self._plain[:n]
-        del self._plain[:n]
-        return n
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if len(data) <= _SEAL_CHUNK:

@@ -12,7 +12,7 @@ import io
 import os
 import pickle
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
@@ -112,8 +112,6 @@ class Channel(Protocol):
 
     def read(self, n: int) -> bytes: ...
 
-    def readinto(self, view: memoryview) -> int: ...
-
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def writev(self, pieces: list[bytes | memoryview]) -> None: ...
@@ -127,18 +125,8 @@ class Channel(Protocol):
 Stream = int | Channel
 
 
-def _channel_read(channel: Channel, n: int) -> bytes:
-    return channel.read(n)
-
-
-def _channel_readv(channel: Channel, views: list[memoryview]) -> int:
-    return channel.readinto(views[0])
-
-
-def _readers(fd: Stream) -> tuple[Callable[[Any, int], bytes], Callable[[Any, Any], int]]:
-    if fd.__class__ is int:
-        return os.read, os.readv
-    return _channel_read, _channel_readv
+def _read(fd: Stream, n: int) -> bytes:
+    return os.read(fd, n) if isinstance(fd, int) else fd.read(n)
 
 
 def message_bounds(buffer: bytes | bytearray, max_bytes: int) -> tuple[int, int] | None:
@@ -200,8 +188,7 @@ def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
     """
     if not isinstance(fd, int):
         return fd.read_message(max_bytes)
-    read, readv = _readers(fd)
-    header = read(fd, 4)
+    header = os.read(fd, 4)
     if len(header) < 4:
         header = _read_rest(fd, header, 4)
     (n,) = _HEADER.unpack(header)
@@ -212,14 +199,14 @@ def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
     if n > max_bytes:
         raise TooLarge(n, max_bytes)
     if n <= _SMALL:
-        data = read(fd, n)
+        data = os.read(fd, n)
         return data if len(data) == n else _read_rest(fd, data, n)
     buffer = bytearray(min(n, _FIRST))
     got = 0
     while True:
         view = memoryview(buffer)
         while got < len(buffer):
-            k = readv(fd, [view[got:]])
+            k = os.readv(fd, [view[got:]])
             if k == 0:
                 raise EOFError("connection closed mid-message")
             got += k
@@ -235,15 +222,14 @@ def read_exactly(fd: Stream, n: int) -> bytes:
 
 
 def _read_rest(fd: Stream, start: bytes, n: int) -> bytes:
-    read = _readers(fd)[0]
     if not start and n:
-        start = read(fd, n)
+        start = _read(fd, n)
         if not start:
             raise EOFError("connection closed")
     parts = [start]
     got = len(start)
     while got < n:
-        chunk = read(fd, n - got)
+        chunk = _read(fd, n - got)
         if not chunk:
             raise EOFError("connection closed mid-message")
         parts.append(chunk)
