@@ -128,6 +128,9 @@ class ServerInterface:
     #: Imports needed at run time (by default values).
     runtime_imports: tuple[Import, ...]
     notes: tuple[str, ...] = field(default=())
+    #: The names ``__init__`` takes by keyword: a dependency's client is passed to
+    #: the server under its snake-case name when the server asks for it this way.
+    init_params: tuple[str, ...] = field(default=())
 
     def fingerprint(self) -> str:
         data = {
@@ -145,6 +148,8 @@ class ServerInterface:
                 for m in self.methods
             ],
         }
+        if self.init_params:  # only then: the hash of a server without them stays as it was
+            data["init"] = list(self.init_params)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -404,7 +409,17 @@ def read_server_interface(
         typing_imports=tuple(sorted(collector.typing)),
         runtime_imports=tuple(sorted(collector.runtime)),
         notes=tuple(collector.notes),
+        init_params=_keyword_params(functions.get("__init__")),
     )
+
+
+def _keyword_params(init: ast.FunctionDef | ast.AsyncFunctionDef | None) -> tuple[str, ...]:
+    """The parameters of ``__init__`` that a caller can pass by keyword."""
+    if init is None:
+        return ()
+    # self is the first parameter: positional-only (``self, /``) or not
+    plain = [a.arg for a in init.args.args][0 if init.args.posonlyargs else 1 :]
+    return tuple(plain + [a.arg for a in init.args.kwonlyargs])
 
 
 def _takes_self(node: ast.FunctionDef) -> bool:

@@ -288,7 +288,12 @@ def render_project(
     for svc, server_rel, existing in per_service:
         skeleton = Output(
             server_rel,
-            env.get_template("server.py.jinja").render(svc=svc, server_class=svc.server_class),
+            env.get_template("server.py.jinja").render(
+                svc=svc,
+                server_class=svc.server_class,
+                package=spec.package,
+                deps=[spec.service(name) for name in svc.depends_on],
+            ),
             "user",
             svc.name,
             "server",
@@ -441,6 +446,8 @@ def _render_service(
         "typing_imports": [line for line in import_lines(typing_only, first_party)],
         "package": spec.package,
         "deps": deps,
+        # the dependencies the server's __init__ asks for (by their snake-case names)
+        "server_deps": [dep for dep in deps if dep.snake in interface.init_params],
         "default_max_concurrent_calls": DEFAULT_MAX_CONCURRENT_CALLS,
         "ray_options": _ray_options(svc.ray),
     }

@@ -308,6 +308,16 @@ def wait_for_entry(
         entry = lookup(port=port, service=service, folder=folder)
         if entry is not None and entry.generation > newer_than:
             return entry
+        if entry is None and port is None and service is not None:
+            # Several of that name: waiting cannot make the choice, the caller can.
+            live = [e for e in entries(folder) if e.service == service]
+            if len(live) > 1:
+                raise ServiceNotFound(
+                    service=service,
+                    port=None,
+                    timeout_s=timeout_s,
+                    found=sorted((e.port, e.owner_pid) for e in live),
+                )
         if clock() >= deadline:
             raise ServiceNotFound(service=service, port=port, timeout_s=timeout_s)
         sleep(delay)

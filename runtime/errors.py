@@ -6,7 +6,8 @@ callers' existing ``except`` clauses already catch::
     ServiceError
     ├── ServiceUnavailable (ConnectionError)      server cannot be reached
     │   ├── CallTimeout (TimeoutError)            no reply within the call's timeout
-    │   └── ServiceNotFound                       attach(): no such service runs here
+    │   └── ServiceNotFound                       attach(): no such service runs here, or
+    │                                             several do and no port= chose one
     ├── ServiceAuthenticationError (multiprocessing.AuthenticationError)
     │   └── ServiceTLSError                       TLS setup failed: the server's certificate
     │                                             is not the trusted one, or one side has
@@ -141,12 +142,31 @@ class ServiceNotFound(ServiceUnavailable):
     """``attach()`` found no running service by that port or name on this host."""
 
     def __init__(
-        self, *, service: str | None, port: int | None, timeout_s: float, why: str | None = None
+        self,
+        *,
+        service: str | None,
+        port: int | None,
+        timeout_s: float,
+        why: str | None = None,
+        found: Sequence[tuple[int, int]] = (),
     ) -> None:
         self.timeout_s = timeout_s
+        #: (port, owner pid) of each live service of that name, when more than one runs
+        self.found = tuple(found)
         if why is not None:  # found nothing without looking: say why (e.g. no Ray cluster)
             ServiceUnavailable.__init__(
                 self, service=service or "?", host="ray", port="?", reason=why
+            )
+            return
+        if len(self.found) > 1:
+            which = "; ".join(f"port {p} (owner pid {o})" for p, o in self.found)
+            ServiceUnavailable.__init__(
+                self,
+                service=service or "?",
+                host="localhost",
+                port="?",
+                reason=f"{len(self.found)} services named {service!r} run here: {which}; "
+                "pass port= to choose one",
             )
             return
         what = " ".join(

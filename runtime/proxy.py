@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import select
 import socket
 import threading
 import time
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
 __all__ = ["RPCProxy"]
 
 _loads = pickle.loads
+
+
+def _readable_now(conn: Link) -> bool:
+    """True if ``conn`` has bytes (or EOF) to read now: ~0.6 µs, once per call."""
+    if isinstance(conn, TlsStream):
+        return conn.poll(0)
+    return bool(select.select([conn.fileno()], [], [], 0)[0])
 
 
 class _Holder:
@@ -152,7 +160,13 @@ class RPCProxy(CallsByName):
             and holder.generation == self._rpc_generation
             and not holder.conn.closed
         ):
-            return holder.conn
+            if not _readable_now(holder.conn):
+                return holder.conn
+            # Something to read on an idle connection: the server closed it (it died or
+            # restarted, which a client that does not own it is not told) or it is out
+            # of step. Nothing of this call was sent yet: a new connection is safe, and
+            # it follows the restarted server.
+            self._rpc_discard(holder.conn)
         return self._rpc_open(wait_ready=wait_ready, timeout_s=timeout_s)
 
     def _rpc_open(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> Link:

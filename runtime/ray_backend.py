@@ -18,11 +18,13 @@ it; an actor Ray has given up on, its owner creates anew.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -389,7 +391,14 @@ class RayBackend:
 
     def follow(self, handoff: tuple[str | None, ServerRef]) -> None:
         self.cluster, self.server = handoff
-        self._use(self._new_proxy(self.cluster))
+        proxy = self._new_proxy(self.cluster)
+        self._use(proxy)
+        if threading.current_thread() is threading.main_thread():
+            # Join Ray now, from the main thread: a server process that was handed this
+            # client would join from a call's thread, where Ray warns that it cannot set
+            # its SIGTERM handler. A failure is raised again by the first call.
+            with contextlib.suppress(Exception):
+                proxy._rpc_actor()
 
     def attach(self, located: Any, timeout_s: float) -> None:
         """Follow the running actor, waiting up to ``timeout_s`` for it to answer."""

@@ -20,6 +20,7 @@ import ssl
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from multiprocessing import managers
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
@@ -432,11 +433,14 @@ def serve_rpc(
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     tls: TlsPolicy | None = None,
+    server_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve ``server`` on ``address`` until shut down; call it in the server process.
 
-    ``server`` is the object to serve, or a class to instantiate here (so that an
-    exception in its constructor is reported to the parent, not just printed).
+    ``server`` is the object to serve, or a class to instantiate here with
+    ``server_kwargs`` (so that an exception in its constructor is reported to the
+    parent, not just printed): generated code passes the clients of the services
+    the server uses this way.
     ``owner_pid`` is the process whose exit stops this server; by default the
     process that created this one (``multiprocessing.parent_process()``), which is
     right under fork, spawn and forkserver alike. A new connection that does not
@@ -468,7 +472,9 @@ def serve_rpc(
                 Endpoint.of(address).label,
             )
         if isinstance(server, type):
-            server = server()
+            server = server(**(server_kwargs or {}))
+        elif server_kwargs:
+            raise TypeError("serve_rpc(server_kwargs=...) needs a class to instantiate")
         rpc_server = _RPCServer(
             server,
             address,

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import os
 import ssl
 import time
 from abc import ABCMeta, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -57,12 +58,22 @@ _R = TypeVar("_R")
 _Service = TypeVar("_Service", bound="RPCServiceBase[Any]")
 
 
-def _direct_server(cls: type[RPCServiceBase[Any]], service: str, port: int) -> Any:
+def _direct_server(
+    cls: type[RPCServiceBase[Any]],
+    service: str,
+    port: int,
+    dependencies: Mapping[str, RPCServiceBase[Any]] | None = None,
+) -> Any:
     """The server object, made as in direct mode: what a Ray actor serves.
 
-    Module level, so that Ray can send it to the actor's worker.
+    Module level, so that Ray can send it to the actor's worker. ``dependencies``:
+    the clients the server uses (``rpc_server_dependencies``), which reach the
+    worker pickled, as clients that follow their servers.
     """
-    return cls._rpc_bare(service, port, running_unit_tests=True)._create_direct_server()
+    bare = cls._rpc_bare(service, port, running_unit_tests=True)
+    for attr, client in (dependencies or {}).items():
+        setattr(bare, attr, client)
+    return bare._create_direct_server()
 
 
 _UNSET: Any = object()
@@ -113,6 +124,9 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
     #: The server's methods (generated clients list them): with backend="ray" the
     #: actor gets one actor method each, so a call costs what a raw Ray call does.
     rpc_server_methods: tuple[str, ...] = ()
+    #: The attributes holding the clients that the server object is built with (the
+    #: services it uses): a Ray actor's server gets them too.
+    rpc_server_dependencies: tuple[str, ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -235,7 +249,11 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             create_direct_server=weakly(self._create_direct_server),
             start_server_process=weakly(self._start_server_process),
             make_server_elsewhere=functools.partial(
-                _direct_server, type(self), self.service_name, self.port
+                _direct_server,
+                type(self),
+                self.service_name,
+                self.port,
+                {a: getattr(self, a) for a in self.rpc_server_dependencies if hasattr(self, a)},
             ),
             notify=weakly(self._rpc_notify),
         )
@@ -325,11 +343,17 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         """Start ``target(*args)`` as a daemon process with this service's start method.
 
         ``target`` should be a module-level function so that spawn and
-        forkserver can pickle it.
+        forkserver can pickle it. A server handed the client of a Ray-backed service
+        is started with forkserver where this one would fork: a forked copy of a Ray
+        driver cannot use Ray (its calls hang), a fresh interpreter connects anew.
         """
-        return launch(
-            target, args, start_method=self._rpc_start_method, name=f"rpcgen-{self.service_name}"
-        )
+        method = self._rpc_start_method
+        if multiprocessing.get_context(method).get_start_method() == "fork" and any(
+            isinstance(arg, RPCServiceBase) and arg.backend == "ray" and not arg.running_unit_tests
+            for arg in args
+        ):
+            method = "forkserver"
+        return launch(target, args, start_method=method, name=f"rpcgen-{self.service_name}")
 
     # -- public API -----------------------------------------------------------------
 

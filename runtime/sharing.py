@@ -264,12 +264,14 @@ class SharedClient:
         state = self._rpc_life.state
         if state is ServiceState.DIRECT or self.running_unit_tests:
             raise NotPicklableError(service=self.service_name)
-        if state is not ServiceState.RUNNING:
+        # Restarting is fine: the copy follows the restarted server, as this one does
+        # (a dependent server restarted while its dependency restarts gets its client).
+        if state not in (ServiceState.RUNNING, ServiceState.RESTARTING):
             raise ServiceUnavailable(
                 service=self.service_name,
                 host=self.host,
                 port=self.port,
-                reason="only a running client can be sent to another process "
+                reason="only a running (or restarting) client can be sent to another process "
                 f"(it is {state.value})",
             )
         pickled = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}

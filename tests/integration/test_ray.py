@@ -114,6 +114,17 @@ def test_one_services_client_handed_to_anothers_server(ray_head: RayNode) -> Non
     assert plain["echo"] == "hello" and plain["their_pid"] == out["plain_pid"]
 
 
+def test_a_ray_server_built_with_a_dependency_follows_its_restart(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "dependency", namespace())
+    assert out["before"]["echo"] == "one" and out["before"]["their_pid"] == out["echo_pid"]
+    assert out["restarted_pid"] != out["echo_pid"]
+    assert out["after"] == {
+        "echo": "two",
+        "their_pid": out["restarted_pid"],
+        "my_pid": out["before"]["my_pid"],  # the same actor: only Echo restarted
+    }
+
+
 def test_attach_and_a_live_owner_keeps_its_name(ray_head: RayNode) -> None:
     ns = namespace()
     owner_env = scenario_env(ray_head)

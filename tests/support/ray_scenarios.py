@@ -24,7 +24,7 @@ from rpcgen.runtime import (
     ServiceUnavailable,
 )
 from tests.support.notifiers import RecordingNotifier
-from tests.support.ray_services import Broken, Relay
+from tests.support.ray_services import Broken, Reader, Relay
 from tests.support.services import Echo
 from tests.support.waiting import free_port
 
@@ -184,6 +184,31 @@ def handoff(ns: str) -> dict[str, Any]:
         "via_relay_plain": relay.relay(plain, "hello"),
     }
     for client in (plain, relay, echo):
+        client.shutdown()
+    return out
+
+
+def dependency(ns: str) -> dict[str, Any]:
+    """A Ray actor's server built with a process-backed service's client, which follows
+    that service's restart."""
+    echo = Echo(
+        free_port(),
+        name="DepEcho",
+        health_check_interval_s=0.1,
+        max_consecutive_failures=1,
+        enable_health_check=True,
+    )
+    reader = Reader(echo, ray_options=RayOptions(namespace=ns))
+    out: dict[str, Any] = {"echo_pid": echo.server_pid, "before": reader.read("one")}
+    old = echo.server_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while echo.server_pid in (None, old) or echo.state.value != "running":
+        assert time.monotonic() < deadline, "Echo was not restarted"
+        time.sleep(0.02)
+    out.update(restarted_pid=echo.server_pid, after=reader.read("two"))
+    for client in (reader, echo):
         client.shutdown()
     return out
 
@@ -355,6 +380,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
         sigkill,
         unhealthy,
         handoff,
+        dependency,
         owner,
         attach,
         start,

@@ -54,6 +54,43 @@ class Relay(_RayOnly, RPCServiceBase[RelayServer]):
         return self._server_proxy.where_rpc()
 
 
+class ReaderServer:
+    """Uses another service: its client comes in through ``__init__``, as generated
+    servers get the services they depend on."""
+
+    def __init__(self, echo: Echo) -> None:
+        self.echo = echo
+
+    def health_check_rpc(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def read_rpc(self, value: Any) -> dict[str, Any]:
+        return {
+            "echo": self.echo.echo(value),
+            "their_pid": self.echo.remote_pid(),
+            "my_pid": os.getpid(),
+        }
+
+
+class Reader(_RayOnly, RPCServiceBase[ReaderServer]):
+    """A Ray-backed service whose server uses a process-backed one (``echo``)."""
+
+    rpc_server_methods = ("read_rpc",)
+    rpc_server_dependencies = ("echo",)
+
+    def __init__(self, echo: Echo, **kwargs: Any) -> None:
+        self.echo = echo
+        kwargs.setdefault("backend", "ray")
+        super().__init__("Reader", 1, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> ReaderServer:
+        return ReaderServer(echo=self.echo)
+
+    def read(self, value: Any) -> dict[str, Any]:
+        return self._server_proxy.read_rpc(value)
+
+
 class NoDatabaseError(RuntimeError):
     pass
 

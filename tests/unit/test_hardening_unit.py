@@ -49,7 +49,9 @@ SAMPLES: dict[str, Any] = {
         service="S", host="127.0.0.1", port=1, pid=7, process_name="nginx"
     ),
     "ServiceStopped": runtime_errors.ServiceStopped(service="S"),
-    "ServiceNotFound": runtime_errors.ServiceNotFound(service="S", port=1, timeout_s=1.0),
+    "ServiceNotFound": runtime_errors.ServiceNotFound(
+        service="S", port=None, timeout_s=1.0, found=[(1, 7), (2, 8)]
+    ),
     "UnsafeBindError": runtime_errors.UnsafeBindError(service="S", host="0.0.0.0"),
     "NotPicklableError": runtime_errors.NotPicklableError(service="S"),
     "ServiceAlreadyRunning": runtime_errors.ServiceAlreadyRunning(

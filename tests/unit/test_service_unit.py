@@ -284,7 +284,7 @@ def test_a_stopped_client_is_not_picklable_and_calls_raise_stopped() -> None:
     fake = FakeBackend()
     svc = started(fake)
     svc.shutdown()
-    with pytest.raises(ServiceUnavailable, match="only a running client"):
+    with pytest.raises(ServiceUnavailable, match=r"only a running \(or restarting\) client"):
         pickle.dumps(svc)
 
 

@@ -1,8 +1,10 @@
-"""LimitOrderManager server: keeps the limit orders.
+"""LimitOrderManager server: keeps the limit orders, and fills them.
 
-Filling needs prices and positions from the other two services; that runs in the
-LimitOrderManager client (services/limit_order_manager.py), which holds their
-clients. Thread safety: one lock guards the orders.
+Filling reads prices from LivePriceFetcher and applies fills to PositionManager,
+from this server process: the two clients come in through ``__init__`` (the
+parameters are named after the services in ``depends_on``, so rpcgen passes
+them). They follow their servers' restarts, and this server gets them again
+whenever it is restarted itself. Thread safety: one lock guards the orders.
 """
 
 from __future__ import annotations
@@ -10,16 +12,24 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.live_price_fetcher import LivePriceFetcher
+    from services.position_manager import PositionManager
 
 Order = dict[str, Any]
 
 
 class LimitOrderManagerServer:
-    def __init__(self) -> None:
+    def __init__(
+        self, live_price_fetcher: LivePriceFetcher, position_manager: PositionManager
+    ) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._orders: dict[int, Order] = {}
+        self._prices = live_price_fetcher
+        self._positions = position_manager
 
     def health_check_rpc(self) -> dict[str, Any]:
         """Health endpoint used by health_check(): "status" must be "ok"."""
@@ -64,3 +74,22 @@ class LimitOrderManagerServer:
         """One order by id."""
         with self._lock:
             return dict(self._orders[order_id])
+
+    def fill_orders_rpc(self, tick: int) -> list[Order]:
+        """Fill every open order whose limit the price at ``tick`` reaches; returns them."""
+        orders = self.open_orders_rpc()
+        if not orders:
+            return []
+        prices = self._prices.get_prices(sorted({o["symbol"] for o in orders}), tick)
+        filled = []
+        for order in orders:
+            price = prices[order["symbol"]]
+            buy_ok = order["qty"] > 0 and price <= order["limit_price"]
+            sell_ok = order["qty"] < 0 and price >= order["limit_price"]
+            if buy_ok or sell_ok:
+                # Positions first: an order marked filled always has its fill applied.
+                self._positions.apply_fill(
+                    order["key"], order["symbol"], order["qty"], price
+                )
+                filled.append(self.mark_filled_rpc(order["id"], price))
+        return filled
