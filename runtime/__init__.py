@@ -22,6 +22,7 @@ Where to look (one job per module):
 
 from .aio import AsyncView
 from .announce import ReadySignal
+from .calls import CallContext, current_call, deadline, idempotent
 from .endpoint import Address, Endpoint
 from .errors import (
     BackendNotInstalled,
@@ -51,11 +52,13 @@ from .registry import ServiceGraph, ServiceNode, StartedServices
 from .serve import serve_rpc
 from .service import RPCServiceBase, ServiceState
 from .settings import RayOptions
+from .stream_client import RemoteStream
 
 __all__ = [
     "Address",
     "AsyncView",
     "BackendNotInstalled",
+    "CallContext",
     "CallTimeout",
     "Endpoint",
     "HealthPolicy",
@@ -69,6 +72,7 @@ __all__ = [
     "RayOptions",
     "ReadySignal",
     "RemoteCallError",
+    "RemoteStream",
     "RestartPolicy",
     "ResultNotPicklable",
     "ServiceAlreadyRunning",
@@ -88,5 +92,8 @@ __all__ = [
     "StartupTimeout",
     "StockServerFound",
     "UnsafeBindError",
+    "current_call",
+    "deadline",
+    "idempotent",
     "serve_rpc",
 ]

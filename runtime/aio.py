@@ -22,7 +22,7 @@ worker thread, so direct-mode tests see the same concurrency as RPC mode.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 __all__ = ["AsyncCaller", "AsyncView"]
@@ -43,6 +43,10 @@ class AsyncCaller(Protocol):
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Awaitable[Any]: ...
+
+    def _rpc_astream(
+        self, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> AsyncIterator[Any]: ...
 
 
 class _Names:
@@ -84,6 +88,17 @@ class AsyncView(Generic[ServerT]):
         """Call the server method named by ``method`` (``self._rpc_server.<name>``)."""
         name = method if isinstance(method, str) else getattr(method, "__name__", "")
         return self._rpc_client._rpc_acall(name, args, kwargs)
+
+    def _rpc_stream(
+        self,
+        method: Callable[_P, Iterable[_R] | AsyncIterable[_R]],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncIterator[_R]:
+        """Iterate the streaming server method named by ``method`` with ``async for``."""
+        name = method if isinstance(method, str) else getattr(method, "__name__", "")
+        return self._rpc_client._rpc_astream(name, args, kwargs)
 
     @staticmethod
     def _rpc_typed_as(method: Callable[..., Awaitable[_R]], value: Any) -> _R:

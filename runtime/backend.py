@@ -16,7 +16,7 @@ the lifecycle with a fake backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from .aio import AsyncCaller
@@ -42,6 +42,14 @@ class Proxy(AsyncCaller, Protocol):
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Any: ...
+
+    def _rpc_astream(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]: ...
 
     def _rpc_close(self) -> None: ...
 

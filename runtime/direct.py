@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NoReturn
 
 from .backend import ServerRef
 from .remote import pack_exception, unpack_exception
+from .stream_server import is_stream, sync_items
 from .supervise import Probe, judge_health
 
 __all__ = ["DirectBackend", "DirectProxy", "PicklingProxy"]
@@ -54,23 +55,65 @@ class PicklingProxy:
                 f"{name!r} is an attribute, not a method; RPC exposes methods only"
             )
 
+        service = type(self._obj).__name__
+
         def method(*args: Any, **kwargs: Any) -> Any:
             call_args, call_kwargs = _roundtrip((args, kwargs), "an argument", name)
             try:
                 result = target(*call_args, **call_kwargs)
             except Exception as exc:
-                # Exactly what the client gets over RPC: the exception as it arrives
-                # there, with the server-side traceback chained as its cause.
-                info = pickle.loads(pickle.dumps(pack_exception(exc)))
-                error = unpack_exception(info, service=type(self._obj).__name__, method=name)
-                try:
-                    raise error from error.__cause__
-                finally:
-                    del error
+                _raise_as_over_rpc(exc, service, name)
+            if is_stream(result):  # a streaming method: each item through pickle, as over RPC
+                return _pickled_items(sync_items(result), service, name)
             return _roundtrip(result, "the result", name)
 
         method.__name__ = name
         return method
+
+
+def _raise_as_over_rpc(exc: Exception, service: str, method: str) -> NoReturn:
+    # Exactly what the client gets over RPC: the exception as it arrives there, with
+    # the server-side traceback chained as its cause.
+    info = pickle.loads(pickle.dumps(pack_exception(exc)))
+    error = unpack_exception(info, service=service, method=method)
+    try:
+        raise error from error.__cause__
+    finally:
+        del error
+
+
+def _pickled_items(items: Iterator[Any], service: str, method: str) -> Iterator[Any]:
+    try:
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except Exception as exc:
+                _raise_as_over_rpc(exc, service, method)
+            yield _roundtrip(item, "an item", method)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # ended early: the generator's finally runs, as it does over RPC
+
+
+async def _in_thread_items(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """A server generator's items for ``async for``: each step in a worker thread."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done = object()
+    try:
+        while True:
+            item = await loop.run_in_executor(None, next, items, done)
+            if item is done:
+                return
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            await loop.run_in_executor(None, close)
 
 
 class DirectProxy:
@@ -88,7 +131,8 @@ class DirectProxy:
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Any:
-        return getattr(self._target, method)(*args, **(kwargs or {}))
+        result = getattr(self._target, method)(*args, **(kwargs or {}))
+        return sync_items(result) if is_stream(result) else result
 
     def _rpc_acall(
         self,
@@ -98,6 +142,16 @@ class DirectProxy:
         timeout_s: float | None = None,
     ) -> Awaitable[Any]:
         return _in_thread(functools.partial(getattr(self._target, method), *args, **(kwargs or {})))
+
+    def _rpc_astream(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]:
+        result = self._rpc_call(method, args, kwargs)
+        return _in_thread_items(sync_items(result))
 
     def _rpc_close(self) -> None:
         self._target = None

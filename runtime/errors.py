@@ -126,15 +126,28 @@ class CallTimeout(TimeoutError, ServiceUnavailable):
     """A call got no reply within its timeout; its connection was discarded."""
 
     def __init__(
-        self, *, service: str, host: str, port: int | str, method: str, timeout_s: float
+        self,
+        *,
+        service: str,
+        host: str,
+        port: int | str,
+        method: str,
+        timeout_s: float,
+        not_run: bool = False,
     ) -> None:
         self.method, self.timeout_s = method, timeout_s
+        #: True: the server got the call after its deadline and did not run it
+        self.not_run = not_run
         ServiceUnavailable.__init__(
             self,
             service=service,
             host=host,
             port=port,
-            reason=f"{method}() got no reply within {timeout_s:g}s",
+            reason=(
+                f"{method}() waited on the server past its deadline and was not run"
+                if not_run
+                else f"{method}() got no reply within {timeout_s:g}s"
+            ),
         )
 
 

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
+import pickle
 import socket
 import ssl
 import threading
@@ -26,12 +27,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import CallTimeout, MessageTooLarge, ServiceStopped
+from .stream_aio import AsyncRemoteStream, CallFuture
 from .tls import Tls
 from .transport import OBJECT_ID
-from .wire import FrameReader, ProtocolError, dumps, looks_big, tagged_frame
+from .wire import CONTROL, FrameReader, ProtocolError, dumps, looks_big, tagged_frame
 
 __all__ = ["LoopConnections", "MuxClient", "MuxConnection"]
 
+_CLOSE = pickle.dumps(("#CLOSE",), pickle.HIGHEST_PROTOCOL)
 # Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
 _READ_SIZE = 1 << 16
 
@@ -73,6 +76,8 @@ class MuxConnection:
         self._decode = decode
         self._lost_error = lost_error
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        #: open streams, held weakly: one its consumer dropped is collected (and closed)
+        self._streams: dict[int, weakref.ReferenceType[AsyncRemoteStream[Any]]] = {}
         self._ids = itertools.count(1)
         self._reader = FrameReader(max_bytes)
         self._out: list[bytes | memoryview] = []
@@ -98,7 +103,8 @@ class MuxConnection:
     ) -> asyncio.Future[Any]:
         """Send one pickled request; the future gets its result or its (typed) error."""
         ident = next(self._ids)
-        future: asyncio.Future[Any] = loop.create_future()
+        future = CallFuture(loop=loop)
+        future._rpc_conn, future._rpc_ident = self, ident  # its cancel tells the server
         pending = self._pending
         pending[ident] = (future, method)
         self._out.extend(tagged_frame(ident, payload))
@@ -110,6 +116,36 @@ class MuxConnection:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush, loop)
         return future
+
+    def open_stream(
+        self, loop: asyncio.AbstractEventLoop, payload: bytes | memoryview, stream: Any
+    ) -> int:
+        """Send a streaming call's request; its frames go to ``stream.deliver``."""
+        ident = next(self._ids)
+        self._streams[ident] = weakref.ref(stream)
+        self._send_now(loop, tagged_frame(ident, payload))
+        return ident
+
+    def forget_stream(self, ident: int) -> None:
+        self._streams.pop(ident, None)
+
+    def control(self, ident: int, body: bytes) -> None:
+        """A message for a call in flight (loop thread): a cancel, a credit, a close."""
+        loop = self._loop()
+        if self.closed or loop is None:
+            return
+        self._send_now(loop, tagged_frame(ident | CONTROL, body))
+
+    def control_threadsafe(self, ident: int, body: bytes) -> None:
+        loop = self._loop()
+        if loop is not None and not loop.is_closed() and not self.closed:
+            loop.call_soon_threadsafe(self.control, ident, body)
+
+    def _send_now(self, loop: asyncio.AbstractEventLoop, pieces: list[bytes | memoryview]) -> None:
+        self._out.extend(pieces)
+        if not (self._flush_scheduled or self._writer_registered):
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, loop)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_scheduled = False
@@ -166,6 +202,7 @@ class MuxConnection:
         for ident, body in frames:
             entry = pending.pop(ident, None)
             if entry is None:
+                self._to_stream(ident, body)
                 continue
             future, method = entry
             if future.done():  # its caller was cancelled or timed out: the reply is dropped
@@ -176,6 +213,21 @@ class MuxConnection:
                 future.set_exception(_settable(exc))
             else:
                 future.set_result(result)
+
+    def _to_stream(self, ident: int, body: bytes) -> None:
+        ref = self._streams.get(ident)
+        stream = ref() if ref is not None else None
+        if stream is None:
+            if ref is not None:  # its consumer dropped it: stop the server's generator
+                del self._streams[ident]
+                self.control(ident, _CLOSE)
+            return
+        try:
+            kind, value = pickle.loads(body)
+        except Exception as exc:
+            stream.lost(self._lost_error(stream.method, exc))
+            return
+        stream.deliver(kind, value, len(body))
 
     def _lost(self, cause: BaseException | None) -> None:
         """Close (loop thread): every call in flight fails with the typed transport error."""
@@ -189,6 +241,13 @@ class MuxConnection:
                 loop.remove_writer(self.fd)
                 self._writer_registered = False
         self._close_fd()
+        streams, self._streams = self._streams, {}
+        for ref in streams.values():
+            stream = ref()
+            if stream is not None:
+                error = self._lost_error(stream.method, cause)
+                error.__cause__ = cause
+                stream.lost(error)
         pending, self._pending = self._pending, {}
         for future, method in pending.values():
             if not future.done():
@@ -247,6 +306,7 @@ class MuxClient(Protocol):
     _rpc_generation: int
     _rpc_closed: bool
     _rpc_max_message_bytes: int
+    _rpc_window: tuple[int, int] | None
 
     def _rpc_open_mux(self, timeout_s: float | None) -> tuple[int, int, Tls | None]:
         """Handshake (blocking): a multiplexed connection's fd, its generation, and its
@@ -254,6 +314,10 @@ class MuxClient(Protocol):
         ...
 
     def _rpc_decode(self, method: str, reply: bytes) -> Any: ...
+
+    def _rpc_final_error(self, method: str, kind: str, value: Any) -> BaseException | None:
+        """What a stream's last message means: None (its end) or the error to raise."""
+        ...
 
     def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception: ...
 
@@ -287,11 +351,7 @@ class LoopConnections:
 
         On the fast path (connection open, no timeout) the awaitable is the call's own future.
         """
-        kwargs = kwargs or {}
-        big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
-        payload = dumps((OBJECT_ID, method, args, kwargs), big)
-        if len(payload) > client._rpc_max_message_bytes:
-            raise client._rpc_too_large("request", len(payload))
+        payload = _request(client, method, args, kwargs, timeout_s)
         loop = get_running_loop()
         conn = self.last
         if conn is None or conn._loop() is not loop:
@@ -305,6 +365,26 @@ class LoopConnections:
             return self._call(client, loop, conn, method, payload, timeout_s)
         self.last = conn
         return conn.request(loop, payload, method)
+
+    def stream(
+        self,
+        client: MuxClient,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        timeout_s: float | None,
+    ) -> AsyncRemoteStream[Any]:
+        """A streaming call: its request goes out on the first ``__anext__``."""
+        payload = _request(client, method, args, kwargs, timeout_s)
+
+        async def open_stream(stream: AsyncRemoteStream[Any]) -> tuple[MuxConnection, int]:
+            loop = get_running_loop()
+            conn = self.by_loop.get(loop)
+            if conn is None or conn.closed or conn.generation != client._rpc_generation:
+                conn = await self._connection(client, loop, timeout_s)
+            return conn, conn.open_stream(loop, payload, stream)
+
+        return AsyncRemoteStream(open_stream, method, client._rpc_final_error)
 
     def close_all(self) -> None:
         """Close every loop's connection (any thread); calls in flight fail, typed."""
@@ -401,6 +481,21 @@ class LoopConnections:
         if old is not None and old is not conn:
             old._lost(None)
         return conn
+
+
+def _request(
+    client: MuxClient,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    timeout_s: float | None,
+) -> bytes | memoryview:
+    kwargs = kwargs or {}
+    big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
+    payload = dumps((OBJECT_ID, method, args, kwargs, (timeout_s, client._rpc_window)), big)
+    if len(payload) > client._rpc_max_message_bytes:
+        raise client._rpc_too_large("request", len(payload))
+    return payload
 
 
 def _handshake(

@@ -195,6 +195,9 @@ class ProcessBackend:
             connect_timeout_s=self.settings.connect_timeout_s,
             max_message_bytes=self.settings.max_message_bytes,
             tls=self.settings.tls,
+            call_timeout_s=self.settings.call_timeout_s,
+            idempotent=self.settings.idempotent,
+            stream_window=self.settings.stream_window,
             wait_ready=(
                 self.life.not_restarting.wait if self.life.is_owner else self._follow_directory
             ),

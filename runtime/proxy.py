@@ -18,23 +18,24 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .backend import CallsByName
+from .calls import _DEADLINE
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
 from .endpoint import Address
 from .errors import (
     CallTimeout,
     MessageTooLarge,
-    RemoteCallError,
-    ResultNotPicklable,
     ServiceAuthenticationError,
     ServiceStopped,
     ServiceTLSError,
     ServiceUnavailable,
 )
-from .remote import unpack_exception
+from .replies import final_error, raise_for, unpickle_reply
+from .retry import retrying
+from .stream_client import RemoteStream
 from .tls import Tls, TlsPolicy, TlsStream
 from .transport import OBJECT_ID, Link, describe, open_connection, stream_of
 from .wire import ProtocolError, TooLarge, dumps, looks_big, recv_message, send_message
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 __all__ = ["RPCProxy"]
 
 _loads = pickle.loads
+
+
+def _left(end_at: float) -> float:
+    return max(end_at - time.monotonic(), 0.001)
 
 
 def _readable_now(conn: Link) -> bool:
@@ -105,8 +110,16 @@ class RPCProxy(CallsByName):
         wait_ready: Callable[[float], bool] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: TlsPolicy | None = None,
+        call_timeout_s: float | None = None,
+        idempotent: frozenset[str] = frozenset(),
+        stream_window: tuple[int, int] | None = None,
     ) -> None:
         self._rpc_service = service
+        #: a call's timeout where it gives none and no deadline() applies
+        self._rpc_call_timeout_s = call_timeout_s
+        #: server methods safe to run twice: tried again across a restart
+        self._rpc_idempotent = idempotent
+        self._rpc_window = stream_window
         self._rpc_tls_policy = tls or TlsPolicy()
         #: set when the server speaks the stock manager protocol (see .stock)
         self._rpc_stock: StockClient | None = None
@@ -122,6 +135,7 @@ class RPCProxy(CallsByName):
         self._rpc_tls = threading.local()
         self._rpc_lock = threading.Lock()
         self._rpc_conns: set[Link] = set()
+        self._rpc_idle: list[_Holder] = []  # connections finished streams gave back
         self._rpc_generation = 0
         self._rpc_closed = False
         self._rpc_pid = os.getpid()
@@ -167,6 +181,21 @@ class RPCProxy(CallsByName):
             # of step. Nothing of this call was sent yet: a new connection is safe, and
             # it follows the restarted server.
             self._rpc_discard(holder.conn)
+        holder = None  # dropped here, not under the lock: its finalizer takes the lock
+        while self._rpc_idle:  # a connection a finished stream gave back
+            with self._rpc_lock:
+                idle = self._rpc_idle.pop() if self._rpc_idle else None
+            if idle is None:
+                break
+            if (
+                idle.generation == self._rpc_generation
+                and not idle.conn.closed
+                and not _readable_now(idle.conn)
+            ):
+                self._rpc_tls.holder = idle
+                return idle.conn
+            self._rpc_forget_holder(idle)
+            idle = None
         return self._rpc_open(wait_ready=wait_ready, timeout_s=timeout_s)
 
     def _rpc_open(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> Link:
@@ -254,7 +283,9 @@ class RPCProxy(CallsByName):
     def _rpc_drop_all(self) -> None:
         with self._rpc_lock:
             conns, self._rpc_conns = self._rpc_conns, set()
+            idle, self._rpc_idle = self._rpc_idle, []  # collected after the lock (finalizers)
             self._rpc_generation += 1
+        del idle
         for conn in conns:
             _shutdown_and_close(conn)
         if self._rpc_loops is not None:
@@ -300,8 +331,12 @@ class RPCProxy(CallsByName):
     ) -> Any:
         """Call ``method`` on the served object and return its result.
 
-        An exception raised by the method is re-raised as itself. With
-        ``timeout_s``, a call with no reply in time raises :class:`CallTimeout`.
+        An exception raised by the method is re-raised as itself. The call's timeout is
+        ``timeout_s``, else what is left of the current :func:`~.calls.deadline`, else
+        the client's ``call_timeout_s``; it travels with the request (a server that
+        gets it too late does not run it), and no reply in time raises
+        :class:`CallTimeout`. A method marked idempotent is tried again across a
+        restart or a lost connection, within that time (see :mod:`.retry`).
         """
         if self._rpc_stock is not None:
             if self._rpc_closed:
@@ -309,17 +344,44 @@ class RPCProxy(CallsByName):
             if self._rpc_wait_ready is not None:  # a restart under way: wait for it (bounded)
                 self._rpc_wait_ready(self._rpc_connect_timeout_s)
             return self._rpc_stock.call(method, args, kwargs, timeout_s)
+        timeout_s = self._rpc_timeout(method, timeout_s)
         kwargs = kwargs or {}
         big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
-        payload = dumps((OBJECT_ID, method, args, kwargs), big)  # errors here: no I/O yet
-        limit = self._rpc_max_message_bytes
-        if len(payload) > limit:
+        meta = (timeout_s, self._rpc_window)
+        payload = dumps((OBJECT_ID, method, args, kwargs, meta), big)  # errors here: no I/O yet
+        if len(payload) > self._rpc_max_message_bytes:
             raise self._rpc_too_large("request", len(payload))
+        if method in self._rpc_idempotent:
+            end_at = time.monotonic() + (timeout_s or self._rpc_connect_timeout_s)
+            reply, holder = retrying(
+                lambda: self._rpc_exchange(method, payload, _left(end_at)),
+                end_at=end_at,
+                retryable=lambda exc: self._rpc_retryable(exc),
+            )
+        else:
+            reply, holder = self._rpc_exchange(method, payload, timeout_s)
+        kind, result = unpickle_reply(self._rpc_service, method, reply)
+        if kind == "#RETURN":
+            return result
+        if kind == "#STREAM":
+            # The stream has this connection to itself until it ends: this thread's
+            # next call takes another.
+            if getattr(self._rpc_tls, "holder", None) is holder:
+                self._rpc_tls.holder = None
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            return RemoteStream(self, holder, method, result, deadline, timeout_s)
+        return self._rpc_result(method, kind, result)
+
+    def _rpc_exchange(
+        self, method: str, payload: bytes | memoryview, timeout_s: float | None
+    ) -> tuple[bytes | bytearray, _Holder]:
+        """Send one request and read its reply: only transport errors are raised here."""
+        limit = self._rpc_max_message_bytes
         conn = self._rpc_connection(timeout_s=timeout_s)
+        holder: _Holder = self._rpc_tls.holder
         try:
             stream = stream_of(conn)
             send_message(stream, payload)
-            del payload  # free a big request first: the reply reuses its memory (~2x on 1 MB)
             if timeout_s is not None and not conn.poll(timeout_s):
                 reply = None
             else:
@@ -329,7 +391,9 @@ class RPCProxy(CallsByName):
             raise self._rpc_too_large("reply", exc.size) from None
         except (OSError, EOFError, ProtocolError) as exc:
             self._rpc_discard(conn)
-            raise self._rpc_transport_error(method, exc) from exc
+            error = self._rpc_transport_error(method, exc)
+            error.__cause__ = exc
+            raise error from exc
         except BaseException:
             # KeyboardInterrupt or similar mid-call: the reply may still arrive, so
             # this connection is out of step. Never reuse it.
@@ -339,7 +403,32 @@ class RPCProxy(CallsByName):
             assert timeout_s is not None
             self._rpc_discard(conn)
             raise self._rpc_call_timeout(method, timeout_s)
-        return self._rpc_decode(method, reply)
+        return reply, holder
+
+    def _rpc_retryable(self, exc: BaseException) -> bool:
+        """A failure of the connection, not of the method, and not the caller's doing."""
+        return (
+            isinstance(exc, ServiceUnavailable)
+            and not isinstance(exc, (CallTimeout, ServiceStopped))
+            and not self._rpc_closed
+        )
+
+    # -- streams: a connection of their own until they end ------------------------------------
+
+    def _rpc_release(self, holder: _Holder) -> None:
+        """A stream ended in step: its connection serves calls again (this thread's, if it
+        has none, else the next thread that needs one)."""
+        if holder.generation != self._rpc_generation or holder.conn.closed:
+            return
+        if getattr(self._rpc_tls, "holder", None) is None:
+            self._rpc_tls.holder = holder
+        else:
+            with self._rpc_lock:
+                self._rpc_idle.append(holder)
+
+    def _rpc_forget_holder(self, holder: _Holder) -> None:
+        if self._rpc_forget(holder.conn):
+            holder.conn.close()
 
     def _rpc_acall(
         self,
@@ -359,6 +448,21 @@ class RPCProxy(CallsByName):
             return asyncio.get_running_loop().run_in_executor(
                 None, functools.partial(self._rpc_call, method, args, kwargs, timeout_s)
             )
+        timeout_s = self._rpc_timeout(method, timeout_s)
+        return self._rpc_mux().call(self, method, args, kwargs, timeout_s)
+
+    def _rpc_astream(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """A streaming method's items for ``async for``, on this loop's connection."""
+        timeout_s = self._rpc_timeout(method, timeout_s)
+        return self._rpc_mux().stream(self, method, args, kwargs, timeout_s)
+
+    def _rpc_mux(self) -> LoopConnections:
         loops = self._rpc_loops
         if loops is None:
             from .mux import LoopConnections  # asyncio: imported only by programs that use it
@@ -367,7 +471,7 @@ class RPCProxy(CallsByName):
                 if self._rpc_loops is None:
                     self._rpc_loops = LoopConnections()
                 loops = self._rpc_loops
-        return loops.call(self, method, args, kwargs, timeout_s)
+        return loops
 
     def _rpc_too_large(self, what: str, size: int) -> MessageTooLarge:
         return MessageTooLarge(
@@ -395,32 +499,29 @@ class RPCProxy(CallsByName):
 
     def _rpc_decode(self, method: str, reply: bytes | bytearray) -> Any:
         """The result in a pickled reply, or its exception raised."""
-        try:
-            kind, result = _loads(reply)
-        except Exception as exc:
-            raise RemoteCallError(
-                service=self._rpc_service,
-                method=method,
-                remote_traceback=f"the reply could not be unpickled here: {exc!r}",
-            ) from exc
+        kind, result = unpickle_reply(self._rpc_service, method, reply)
         if kind == "#RETURN":
             return result
-        if kind == "#RAISED":
-            error = unpack_exception(result, service=self._rpc_service, method=method)
-            try:
-                raise error
-            finally:
-                del error, result  # break the traceback reference cycle
-        if kind == "#ERROR":
-            try:
-                raise result
-            finally:
-                del result  # break the traceback reference cycle
-        if kind == "#UNSERIALIZABLE":
-            raise ResultNotPicklable(service=self._rpc_service, method=method, reason=str(result))
-        raise RemoteCallError(
-            service=self._rpc_service, method=method, remote_traceback=str(result)
-        )
+        return self._rpc_result(method, kind, result)
+
+    def _rpc_result(self, method: str, kind: str, result: Any) -> Any:
+        """A reply that is not a plain result: raise what it says."""
+        return raise_for(self._rpc_service, describe(self._rpc_address), method, kind, result)
+
+    def _rpc_final_error(self, method: str, kind: str, value: Any) -> BaseException | None:
+        return final_error(self._rpc_service, describe(self._rpc_address), method, kind, value)
+
+    def _rpc_timeout(self, method: str, timeout_s: float | None) -> float | None:
+        """A call's timeout: its own, else the current deadline's rest, else the client's."""
+        if timeout_s is not None:
+            return timeout_s
+        end = _DEADLINE.get()
+        if end is None:
+            return self._rpc_call_timeout_s
+        left = end - time.monotonic()
+        if left <= 0:
+            raise self._rpc_call_timeout(method, 0.0)
+        return left
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The authkey travels explicitly: a pickled proxy must be able to authenticate.

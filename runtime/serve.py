@@ -8,17 +8,17 @@ title names the service (see :mod:`rpcgen.runtime.announce`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
-import pickle
-import queue
 import select
 import signal
 import socket
 import ssl
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing import managers
@@ -35,22 +35,14 @@ from .constants import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
+from .dispatch import Dispatcher, StreamCall
 from .endpoint import Address, Endpoint
 from .gate import Gate
-from .remote import pack_exception
+from .mux_session import MuxSession
+from .stream_server import ServerStream
 from .tls import Tls, TlsPolicy, TlsStream
 from .transport import OBJECT_ID, SERIALIZER, Link, set_recv_timeout, stream_of
-from .wire import (
-    FrameReader,
-    ProtocolError,
-    Stream,
-    dumps,
-    looks_big,
-    recv_message,
-    send_message,
-    tagged_frame,
-    write_frames,
-)
+from .wire import ProtocolError, recv_message, send_message
 
 __all__ = ["serve_rpc"]
 
@@ -87,6 +79,7 @@ class _RPCServer(managers.Server):
         super().__init__(registry, address, authkey, SERIALIZER)
         exposed = set(managers.public_methods(obj))  # type: ignore[attr-defined]
         self.id_to_obj[OBJECT_ID] = (obj, exposed, None)  # type: ignore[assignment]
+        self.dispatch = Dispatcher(self.id_to_obj)
         path = Endpoint.of(address).path
         if path is not None:
             os.chmod(path, 0o600)  # a Unix socket: only this user may connect
@@ -152,15 +145,16 @@ class _RPCServer(managers.Server):
         set_recv_timeout(conn, 0)
         threading.current_thread().name = name
         conn.send(("#RETURN", None))
-        _MuxSession(self, conn.fileno(), conn.tls if isinstance(conn, TlsStream) else None).run()
+        MuxSession(self, conn.fileno(), conn.tls if isinstance(conn, TlsStream) else None).run()
         raise SystemExit(0)
 
     def _serve_calls(self, conn: Link) -> None:
         """One client connection: call, reply, repeat, until EOF or stop."""
         fd = stream_of(conn)
         stop = self.stop_event
-        answer = self._answer
+        answer = self.dispatch.answer
         limit = self.max_message_bytes
+        monotonic = time.monotonic
         while not stop.is_set():
             try:
                 request = recv_message(fd, limit)
@@ -169,34 +163,27 @@ class _RPCServer(managers.Server):
                 return
             except (EOFError, OSError):
                 return
+            reply = answer(request, monotonic())
+            del request
+            if isinstance(reply, StreamCall):
+                # The connection carries the stream until its end (the client reads it
+                # on this connection, and sends credit back on it).
+                stream = ServerStream(
+                    reply.items,
+                    reply.call,
+                    functools.partial(send_message, fd),
+                    window=reply.window,
+                    control=fd,
+                    max_bytes=limit,
+                )
+                del reply
+                if not stream.run():
+                    return
+                continue
             try:
-                send_message(fd, answer(request))
+                send_message(fd, reply)
             except OSError:
                 return
-
-    def _answer(self, request: bytes | bytearray) -> bytes | memoryview:
-        """Run one pickled request; its pickled reply (never raises)."""
-        reply: tuple[str, Any]
-        try:
-            ident, method, args, kwargs = _loads(request)
-            obj, exposed, _ = self.id_to_obj[ident]
-            if method not in exposed:
-                raise AttributeError(f"method {method!r} of {type(obj).__name__!r} is not exposed")
-            try:
-                result = getattr(obj, method)(*args, **kwargs)
-            except Exception as exc:
-                reply, big = ("#RAISED", pack_exception(exc)), False
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("%s() raised %r", method, exc, exc_info=exc)
-            else:
-                reply, big = ("#RETURN", result), looks_big((result,))
-        except Exception:
-            reply, big = ("#TRACEBACK", traceback.format_exc()), False
-        try:
-            return dumps(reply, big)
-        except Exception as exc:  # one line: the client makes it a ResultNotPicklable
-            why = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            return dumps(("#UNSERIALIZABLE", why.replace("\n", " ")), False)
 
     def serve_forever(self, owner_pid: int | None = None) -> None:
         """Like ``managers.Server.serve_forever``, with two changes.
@@ -228,156 +215,6 @@ class _RPCServer(managers.Server):
         except (KeyboardInterrupt, SystemExit):
             pass
         sys.exit(0)
-
-
-_loads = pickle.loads
-# Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
-_READ_SIZE = 1 << 16
-# Replies waiting to be written to a peer: past this, the peer's requests are not read
-# until it reads its replies (a peer that never reads cannot grow the server's memory).
-_OUTBOX_HIGH = 8 << 20
-
-
-class _MuxSession:
-    """One multiplexed connection: requests carry ids, replies go back as they finish.
-
-    Leader and followers: up to ``max_concurrent_calls`` threads serve the connection
-    (started as they are needed, kept for its life). One of them, the leader, reads;
-    when requests arrive it queues all but the first for the others, passes the
-    leadership on (a queued token) and runs the first itself. So one call in flight
-    costs no hand-off between threads, many run at once, and a slow call never stops
-    the connection from being read. At the limit the token waits its turn like a
-    request: reading pauses until a thread is free. Replies that finish while another
-    is being written go out with it, in one system call. Reading pauses too while more
-    than ``_OUTBOX_HIGH`` bytes of replies wait for a peer that does not read them.
-    """
-
-    def __init__(self, server: _RPCServer, fd: int, tls: Tls | None = None) -> None:
-        self.server = server
-        self.fd = fd
-        self.tls = tls
-        self.stream: Stream = fd if tls is None else TlsStream(fd, tls)  # for writing
-        self.limit = max(1, server.max_concurrent_calls)
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.workers: list[threading.Thread] = []
-        self.idle = 0  # threads waiting that no queued item has claimed yet
-        self.backlog = 0  # queued items that no thread has claimed yet
-        self.reader = FrameReader(server.max_message_bytes)
-        self.outbox: list[bytes | memoryview] = []
-        self.unsent = 0  # bytes of replies queued or being written
-        self.drained = threading.Condition(self.lock)
-        self.writing = False
-        self.broken = False
-
-    def run(self) -> None:
-        """Serve until the client hangs up; return once no thread can touch the fd."""
-        me = threading.current_thread()
-        self.workers.append(me)
-        self.queue.put(_LEAD)
-        self._work()
-        for worker in self.workers:
-            if worker is not me:
-                worker.join()
-
-    def _work(self) -> None:
-        get = self.queue.get
-        answer = self.server._answer
-        lock = self.lock
-        while True:
-            item = get()
-            if item is None:
-                return
-            if item is _LEAD:
-                frames = self._read()
-                if frames is None:  # the client hung up: everyone stops
-                    for _ in self.workers:
-                        self.queue.put(None)
-                    return
-                for frame in frames[1:]:
-                    self._dispatch(frame)
-                self._dispatch(_LEAD)
-                item = frames[0]
-            ident, request = item
-            self._send(tagged_frame(ident, answer(request)))
-            del item, request
-            with lock:
-                if self.backlog:
-                    self.backlog -= 1
-                else:
-                    self.idle += 1
-
-    def _read(self) -> list[tuple[int, bytes]] | None:
-        """At least one request; None at EOF, on an error, or on a bad frame."""
-        stop = self.server.stop_event
-        while not stop.is_set():
-            with self.lock:
-                while self.unsent > _OUTBOX_HIGH and not self.broken and not stop.is_set():
-                    self.drained.wait(0.5)
-                if self.broken:
-                    return None
-            try:
-                data = os.read(self.fd, _READ_SIZE)
-            except OSError:
-                return None
-            if not data:
-                return None
-            try:
-                if self.tls is not None:
-                    data = self.tls.decrypt(data)
-                frames = self.reader.feed(data)
-            except (ProtocolError, ssl.SSLError) as exc:
-                logger.warning("dropping a connection: %s", exc)
-                return None
-            if frames:
-                return frames
-        return None
-
-    def _dispatch(self, item: Any) -> None:
-        with self.lock:
-            if self.idle:
-                self.idle -= 1
-                start = False
-            elif len(self.workers) < self.limit:
-                start = True
-            else:
-                self.backlog += 1
-                start = False
-        self.queue.put(item)
-        if start:
-            worker = threading.Thread(
-                target=self._work, name=f"{threading.current_thread().name}+", daemon=True
-            )
-            self.workers.append(worker)
-            worker.start()
-
-    def _send(self, pieces: list[bytes | memoryview]) -> None:
-        size = sum(len(piece) for piece in pieces)
-        with self.lock:
-            self.outbox.extend(pieces)
-            self.unsent += size
-            if self.writing:
-                return  # the writer takes these with its next batch
-            self.writing = True
-        while True:
-            with self.lock:
-                batch, self.outbox = self.outbox, []
-                if not batch or self.broken:
-                    self.writing = False
-                    return
-            try:
-                write_frames(self.stream, batch)
-            except OSError:
-                with self.lock:
-                    self.broken = True  # the client is gone: the leader sees EOF
-                    self.drained.notify_all()
-            else:
-                with self.lock:
-                    self.unsent -= sum(len(piece) for piece in batch)
-                    self.drained.notify_all()
-
-
-_LEAD = object()  # the queued token that makes a thread the connection's reader
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:

@@ -21,7 +21,7 @@ import os
 import ssl
 import time
 from abc import ABCMeta, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -47,7 +47,7 @@ from .lifecycle import OWNERS, Lifecycle, ServiceState, weakly
 from .notify import Notifier
 from .process import launch
 from .serve import serve_rpc
-from .settings import RayOptions, ServiceSettings, check_client_settings
+from .settings import RayOptions, ServiceSettings, check_call_options, check_client_settings
 from .sharing import SharedClient
 from .tls import TlsPolicy
 
@@ -127,6 +127,9 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
     #: The attributes holding the clients that the server object is built with (the
     #: services it uses): a Ray actor's server gets them too.
     rpc_server_dependencies: tuple[str, ...] = ()
+    #: Server methods safe to run twice (marked ``@idempotent``): a call to one is tried
+    #: again across a restart or a lost connection, within its timeout.
+    rpc_idempotent_methods: tuple[str, ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -171,8 +174,11 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         ray_options: RayOptions | None = None,
         tls: str = "auto",
         ssl_context: Callable[[bool], ssl.SSLContext] | None = None,
+        call_timeout_s: float | None = None,
+        stream_window: tuple[int, int] | None = None,
     ) -> None:
         tls_policy = TlsPolicy(tls, ssl_context)  # checks both (ValueError, one line)
+        check_call_options(call_timeout_s, stream_window)
         check_client_settings(
             service_name,
             port,
@@ -222,6 +228,10 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         )
         self.restart_policy = restart_policy or RestartPolicy()
         self.direct_mode_pickle = direct_mode_pickle
+        #: a call's timeout where it gives none and no ``deadline()`` block applies
+        self.call_timeout_s = call_timeout_s
+        #: (items, bytes) a stream's server may send ahead of its consumer
+        self.stream_window = stream_window
         self._rpc_health_monitor = health_monitor
         self._rpc_start_method = start_method
         self._clock = clock
@@ -286,6 +296,9 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             ray_options=self.ray_options,
             server_methods=tuple(self.rpc_server_methods),
             tls=self._rpc_tls_policy(),
+            call_timeout_s=getattr(self, "call_timeout_s", None),
+            idempotent=frozenset(self.rpc_idempotent_methods),
+            stream_window=getattr(self, "stream_window", None),
         )
 
     def _rpc_tls_policy(self) -> TlsPolicy:
@@ -451,6 +464,15 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         if calls is None:
             raise self._rpc_no_server()
         return calls._rpc_acall(method, args, kwargs, timeout_s)
+
+    def _rpc_astream(
+        self, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> AsyncIterator[Any]:
+        """Iterate streaming server method ``method`` with ``async for``."""
+        calls = self._rpc_backend.calls
+        if calls is None:
+            raise self._rpc_no_server()
+        return calls._rpc_astream(method, args, kwargs)
 
     @staticmethod
     def _rpc_typed_as(method: Callable[..., _R], value: Any) -> _R:

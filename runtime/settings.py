@@ -33,6 +33,7 @@ __all__ = [
     "RayOptions",
     "ServiceSettings",
     "check_backend",
+    "check_call_options",
     "is_loopback",
     "ray_option_problems",
 ]
@@ -262,6 +263,12 @@ class ServiceSettings:
     server_methods: tuple[str, ...] = ()
     #: when connections use TLS, and with which context
     tls: TlsPolicy = field(default_factory=TlsPolicy)
+    #: a call's timeout where it gives none (None: it waits for ever)
+    call_timeout_s: float | None = None
+    #: server methods that are safe to run twice: tried again across a restart
+    idempotent: frozenset[str] = frozenset()
+    #: (items, bytes) a stream may run ahead of its consumer (None: the server's default)
+    stream_window: tuple[int, int] | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -274,3 +281,14 @@ class ServiceSettings:
     def on_this_host(self) -> bool:
         """Whether the server is on this host (so the service directory describes it)."""
         return self.transport == "unix" or is_loopback(self.host)
+
+
+def check_call_options(call_timeout_s: float | None, stream_window: tuple[int, int] | None) -> None:
+    if call_timeout_s is not None and not (0 < call_timeout_s < float("inf")):
+        raise ValueError(f"call_timeout_s must be a positive number, got {call_timeout_s!r}")
+    if stream_window is not None and (
+        len(stream_window) != 2 or not all(isinstance(n, int) and n > 0 for n in stream_window)
+    ):
+        raise ValueError(
+            f"stream_window must be (items, bytes), two positive ints, got {stream_window!r}"
+        )

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
+    "CONTROL",
     "PROTOCOL",
     "Channel",
     "FrameReader",
@@ -243,6 +244,9 @@ def _read_rest(fd: Stream, start: bytes, n: int) -> bytes:
 # reply still fails only its own call.
 
 _ID = struct.Struct("!Q")
+#: A tagged frame whose id has this bit set is a control message for the call with
+#: the rest of the id (a cancel, or a stream's credit or close).
+CONTROL = 1 << 63
 _IOV_MAX = 512
 
 

@@ -91,9 +91,10 @@ def test_an_unpicklable_result_is_one_clear_line_as_in_direct_mode(port: int) ->
         assert "the result of unpicklable_rpc() cannot cross a process boundary" in message
         assert "lock" in message and "lock" in info.value.remote_traceback.lower()
         assert isinstance(info.value, (TypeError, RemoteCallError))
-        with pytest.raises(ResultNotPicklable, match="numbers_rpc"):  # a generator
-            svc._server_proxy.numbers_rpc(3)
+        with pytest.raises(ResultNotPicklable, match="lambda_rpc"):
+            svc._server_proxy.lambda_rpc()
         assert svc.echo("still in step") == "still in step"
+        assert list(svc._server_proxy.numbers_rpc(3)) == [0, 1, 2]  # a generator streams
 
 
 def test_unknown_method_is_remote_call_error(port: int) -> None:

@@ -120,8 +120,9 @@ def test_direct_mode_pickle_flag_catches_what_rpc_would_reject(port: int) -> Non
     with Echo(port, running_unit_tests=True, direct_mode_pickle=True) as svc:
         value = {"a": [1, 2]}
         assert svc.echo(value) == value and svc.echo(value) is not value
-        with pytest.raises(TypeError, match="result of numbers_rpc"):
-            svc._server_proxy.numbers_rpc(3)
+        with pytest.raises(TypeError, match="result of lambda_rpc"):
+            svc._server_proxy.lambda_rpc()
+        assert list(svc._server_proxy.numbers_rpc(3)) == [0, 1, 2]  # streamed, item by item
         with pytest.raises(TypeError, match="argument of echo_rpc"):
             svc.echo(lambda: 1)
         with pytest.raises(ValueError, match="boom"):
@@ -130,7 +131,7 @@ def test_direct_mode_pickle_flag_catches_what_rpc_would_reject(port: int) -> Non
             svc._server_proxy._lock  # noqa: B018
     # Without the flag the same call "works" in-process and hides the bug.
     with Echo(port, running_unit_tests=True) as plain:
-        assert list(plain._server_proxy.numbers_rpc(3)) == [0, 1, 2]
+        assert callable(plain._server_proxy.lambda_rpc())
 
 
 def _call_pickled_proxy(proxy: Any, queue: Any) -> None:

@@ -85,7 +85,10 @@ class EchoServer:
         return threading.Lock()
 
     def numbers_rpc(self, n: int) -> Iterator[int]:
-        return (i for i in range(n))
+        return (i for i in range(n))  # a generator: the call streams its items
+
+    def lambda_rpc(self) -> Any:
+        return lambda: None  # not picklable
 
     def payload_rpc(self, size: int) -> bytes:
         return b"x" * size

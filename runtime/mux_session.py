@@ -1,0 +1,244 @@
+"""The server side of a multiplexed (asyncio) connection: many calls in flight.
+
+Requests carry ids (:func:`~.wire.tagged_frame`) and replies go back as calls
+finish. A frame whose id has the :data:`~.dispatch.CONTROL` bit is a message for
+a call already running: a cancel (the client's task was cancelled), or a stream's
+credit or close. A stream runs in a thread of its own, outside the pool of
+``max_concurrent_calls``, so open streams never keep unary calls waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .calls import CallContext
+from .dispatch import StreamCall
+from .stream_server import ServerStream
+from .tls import Tls, TlsStream
+from .wire import CONTROL, FrameReader, ProtocolError, Stream, tagged_frame, write_frames
+
+if TYPE_CHECKING:
+    from .serve import _RPCServer
+
+__all__ = ["MuxSession"]
+
+logger = logging.getLogger("rpcgen")
+
+# Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
+_READ_SIZE = 1 << 16
+# Replies waiting to be written to a peer: past this, the peer's requests are not read
+# until it reads its replies (a peer that never reads cannot grow the server's memory).
+_OUTBOX_HIGH = 8 << 20
+
+
+class MuxSession:
+    """One multiplexed connection: requests carry ids, replies go back as they finish.
+
+    Leader and followers: up to ``max_concurrent_calls`` threads serve the connection
+    (started as they are needed, kept for its life). One of them, the leader, reads;
+    when requests arrive it queues all but the first for the others, passes the
+    leadership on (a queued token) and runs the first itself. So one call in flight
+    costs no hand-off between threads, many run at once, and a slow call never stops
+    the connection from being read. At the limit the token waits its turn like a
+    request: reading pauses until a thread is free. Replies that finish while another
+    is being written go out with it, in one system call. Reading pauses too while more
+    than ``_OUTBOX_HIGH`` bytes of replies wait for a peer that does not read them.
+    """
+
+    def __init__(self, server: _RPCServer, fd: int, tls: Tls | None = None) -> None:
+        self.server = server
+        self.calls: dict[int, CallContext] = {}  # running unary calls, for cancels
+        self.streams: dict[int, ServerStream] = {}
+        self.fd = fd
+        self.tls = tls
+        self.stream: Stream = fd if tls is None else TlsStream(fd, tls)  # for writing
+        self.limit = max(1, server.max_concurrent_calls)
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.workers: list[threading.Thread] = []
+        self.idle = 0  # threads waiting that no queued item has claimed yet
+        self.backlog = 0  # queued items that no thread has claimed yet
+        self.reader = FrameReader(server.max_message_bytes)
+        self.outbox: list[bytes | memoryview] = []
+        self.unsent = 0  # bytes of replies queued or being written
+        self.drained = threading.Condition(self.lock)
+        self.writing = False
+        self.broken = False
+        self.stream_threads: set[threading.Thread] = set()
+
+    def run(self) -> None:
+        """Serve until the client hangs up; return once no thread can touch the fd."""
+        me = threading.current_thread()
+        self.workers.append(me)
+        self.queue.put(_LEAD)
+        self._work()
+        # The client is gone: every call and stream still running is cancelled.
+        for call in list(self.calls.values()):
+            call.cancel()
+        for stream in list(self.streams.values()):
+            stream.cancel()
+        for worker in self.workers:
+            if worker is not me:
+                worker.join()
+        for thread in list(self.stream_threads):
+            thread.join()
+
+    def _work(self) -> None:
+        get = self.queue.get
+        answer = self.server.dispatch.answer
+        calls = self.calls
+        lock = self.lock
+        while True:
+            item = get()
+            if item is None:
+                return
+            if item is _LEAD:
+                frames = self._read()
+                if frames is None:  # the client hung up: everyone stops
+                    for _ in self.workers:
+                        self.queue.put(None)
+                    return
+                for frame in frames[1:]:
+                    self._dispatch(frame)
+                self._dispatch(_LEAD)
+                item = frames[0]
+            ident, request, arrived = item
+            reply = answer(request, arrived, calls, ident)
+            if isinstance(reply, StreamCall):
+                self._open_stream(ident, reply)
+            else:
+                self._send(tagged_frame(ident, reply))
+            del item, request, reply
+            with lock:
+                if self.backlog:
+                    self.backlog -= 1
+                else:
+                    self.idle += 1
+
+    def _read(self) -> list[tuple[int, bytes, float]] | None:
+        """At least one request; None at EOF, on an error, or on a bad frame."""
+        stop = self.server.stop_event
+        while not stop.is_set():
+            with self.lock:
+                while self.unsent > _OUTBOX_HIGH and not self.broken and not stop.is_set():
+                    self.drained.wait(0.5)
+                if self.broken:
+                    return None
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except OSError:
+                return None
+            if not data:
+                return None
+            try:
+                if self.tls is not None:
+                    data = self.tls.decrypt(data)
+                frames = self.reader.feed(data)
+            except (ProtocolError, ssl.SSLError) as exc:
+                logger.warning("dropping a connection: %s", exc)
+                return None
+            arrived = time.monotonic()  # a call's deadline counts from here
+            requests = []
+            for ident, body in frames:
+                if ident & CONTROL:
+                    self._control(ident & ~CONTROL, body)
+                else:
+                    requests.append((ident, body, arrived))
+            if requests:
+                return requests
+        return None
+
+    def _control(self, ident: int, body: bytes) -> None:
+        """A message for a running call (the reader's thread: never blocks)."""
+        try:
+            message = pickle.loads(body)
+        except Exception:
+            return
+        stream = self.streams.get(ident)
+        if stream is not None:
+            stream.on_control(message)
+            return
+        call = self.calls.get(ident)
+        if call is not None:  # a cancel; anything else for a unary call is ignored
+            call.cancel()
+
+    def _open_stream(self, ident: int, opened: StreamCall) -> None:
+        """Serve a stream in a thread of its own: this worker goes back to the pool."""
+
+        def send(data: bytes | memoryview) -> None:
+            if self.broken:
+                raise BrokenPipeError("the client is gone")
+            self._send(tagged_frame(ident, data))
+
+        stream = ServerStream(opened.items, opened.call, send, window=opened.window)
+        self.streams[ident] = stream
+        thread = threading.Thread(
+            target=self._run_stream,
+            args=(ident, stream),
+            name=f"{threading.current_thread().name}~{ident}",
+            daemon=True,
+        )
+        self.stream_threads.add(thread)
+        if self.broken:
+            stream.cancel()
+        thread.start()
+
+    def _run_stream(self, ident: int, stream: ServerStream) -> None:
+        try:
+            stream.run()
+        finally:
+            self.streams.pop(ident, None)
+            self.stream_threads.discard(threading.current_thread())
+
+    def _dispatch(self, item: Any) -> None:
+        with self.lock:
+            if self.idle:
+                self.idle -= 1
+                start = False
+            elif len(self.workers) < self.limit:
+                start = True
+            else:
+                self.backlog += 1
+                start = False
+        self.queue.put(item)
+        if start:
+            worker = threading.Thread(
+                target=self._work, name=f"{threading.current_thread().name}+", daemon=True
+            )
+            self.workers.append(worker)
+            worker.start()
+
+    def _send(self, pieces: list[bytes | memoryview]) -> None:
+        size = sum(len(piece) for piece in pieces)
+        with self.lock:
+            self.outbox.extend(pieces)
+            self.unsent += size
+            if self.writing:
+                return  # the writer takes these with its next batch
+            self.writing = True
+        while True:
+            with self.lock:
+                batch, self.outbox = self.outbox, []
+                if not batch or self.broken:
+                    self.writing = False
+                    return
+            try:
+                write_frames(self.stream, batch)
+            except OSError:
+                with self.lock:
+                    self.broken = True  # the client is gone: the leader sees EOF
+                    self.drained.notify_all()
+            else:
+                with self.lock:
+                    self.unsent -= sum(len(piece) for piece in batch)
+                    self.drained.notify_all()
+
+
+_LEAD = object()  # the queued token that makes a thread the connection's reader
