@@ -82,6 +82,26 @@ class RpcMethod:
     #: Some parameter or the return lacks an annotation in the server's source:
     #: mypy --strict rejects a typed call to it, so the client calls it through Any.
     untyped: bool = False
+    #: A streaming method (a generator, or annotated as an iterator): ``returns`` is
+    #: ``Iterator[item]`` and ``item`` the item type.
+    stream: bool = False
+    item: str | None = None
+    #: ``async def``: the client calls it the same way; the server awaits it.
+    is_async: bool = False
+    #: Marked ``@idempotent``: the client tries it again across a restart.
+    idempotent: bool = False
+
+    def flags(self) -> list[str]:
+        """What sets the method apart, for the fingerprint (empty for a plain one)."""
+        return [
+            name
+            for name, on in (
+                ("stream", self.stream),
+                ("async", self.is_async),
+                ("idempotent", self.idempotent),
+            )
+            if on
+        ]
 
     @property
     def returns_none(self) -> bool:
@@ -144,6 +164,7 @@ class ServerInterface:
                     m.returns,
                     m.doc,
                     m.untyped,
+                    *m.flags(),
                 ]
                 for m in self.methods
             ],
@@ -379,11 +400,6 @@ def read_server_interface(
             )
             continue
         client = name[: -len("_rpc")]
-        if isinstance(node, ast.AsyncFunctionDef):
-            collector.notes.append(
-                f"{path}: skipped {name}(): async methods cannot be served over BaseManager"
-            )
-            continue
         if _decorated(node, ("staticmethod", "classmethod", "property")):
             collector.notes.append(
                 f"{path}: skipped {name}(): static/class methods and properties are not forwarded"
@@ -422,7 +438,7 @@ def _keyword_params(init: ast.FunctionDef | ast.AsyncFunctionDef | None) -> tupl
     return tuple(plain + [a.arg for a in init.args.kwonlyargs])
 
 
-def _takes_self(node: ast.FunctionDef) -> bool:
+def _takes_self(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     a = node.args
     names = [x.arg for x in (*a.posonlyargs, *a.args)][1:] + [x.arg for x in a.kwonlyargs]
     names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
@@ -439,8 +455,52 @@ def _is_keyword(text: str) -> bool:
     return keyword.iskeyword(text)
 
 
-def _decorated(node: ast.FunctionDef, names: tuple[str, ...]) -> bool:
+def _decorated(node: ast.FunctionDef | ast.AsyncFunctionDef, names: tuple[str, ...]) -> bool:
     return any(isinstance(d, ast.Name) and d.id in names for d in node.decorator_list)
+
+
+def _marked_idempotent(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """``@idempotent`` or ``@<module>.idempotent`` (rpcgen.runtime's mark)."""
+    return any(
+        (isinstance(d, ast.Name) and d.id == "idempotent")
+        or (isinstance(d, ast.Attribute) and d.attr == "idempotent")
+        for d in node.decorator_list
+    )
+
+
+_STREAM_HEADS = frozenset({"Iterator", "Generator", "AsyncIterator", "AsyncGenerator"})
+
+
+def _yields(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether the function itself (not a function or class inside it) yields."""
+    todo: list[ast.AST] = list(node.body)
+    while todo:
+        current = todo.pop()
+        if isinstance(current, (ast.Yield, ast.YieldFrom)):
+            return True
+        if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        todo.extend(ast.iter_child_nodes(current))
+    return False
+
+
+def _stream_item(returns: ast.expr | None) -> tuple[bool, ast.expr | None]:
+    """(annotated as a stream, the item's annotation) from a return annotation."""
+    if isinstance(returns, ast.Constant) and isinstance(returns.value, str):
+        try:
+            returns = ast.parse(returns.value, mode="eval").body
+        except SyntaxError:
+            return False, None
+    if not isinstance(returns, ast.Subscript):
+        return False, None
+    head = returns.value
+    name = head.id if isinstance(head, ast.Name) else getattr(head, "attr", None)
+    if name not in _STREAM_HEADS:
+        return False, None
+    item = returns.slice
+    if isinstance(item, ast.Tuple):
+        item = item.elts[0] if item.elts else None  # type: ignore[assignment]
+    return True, item
 
 
 def _class_chain(cls: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> list[ast.ClassDef]:
@@ -462,7 +522,7 @@ def _is_none(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value is None
 
 
-def _method(node: ast.FunctionDef, client: str, c: _Collector) -> RpcMethod:
+def _method(node: ast.FunctionDef | ast.AsyncFunctionDef, client: str, c: _Collector) -> RpcMethod:
     c.widened = False
     a = node.args
     name = node.name
@@ -496,10 +556,30 @@ def _method(node: ast.FunctionDef, client: str, c: _Collector) -> RpcMethod:
         )
     if a.kwarg:
         params.append(Param(a.kwarg.arg, "varkw", c.annotation(a.kwarg.annotation, name)))
-    returns = c.annotation(node.returns, name)
+    annotated_stream, item_node = _stream_item(node.returns)
+    stream = annotated_stream or _yields(node)
+    item: str | None = None
+    if stream:  # the client returns Iterator[item] (and its aio view AsyncIterator[item])
+        item = c.annotation(item_node, name)
+        c.typing.add(Import("collections.abc", "Iterator"))
+        c.typing.add(Import("collections.abc", "AsyncIterator"))
+        returns = f"Iterator[{item}]"
+    else:
+        returns = c.annotation(node.returns, name)
     args = [*positional[1:], *a.kwonlyargs, *(x for x in (a.vararg, a.kwarg) if x is not None)]
     # Untyped: called through the Any-typed proxy, since mypy would check the call against
     # a signature it cannot trust (unannotated, or `x: int = None`, which it reads as int).
     untyped = node.returns is None or any(arg.annotation is None for arg in args) or c.widened
     doc = _first_line(ast.get_docstring(node))
-    return RpcMethod(name, client, tuple(params), returns, doc, untyped)
+    return RpcMethod(
+        name,
+        client,
+        tuple(params),
+        returns,
+        doc,
+        untyped,
+        stream=stream,
+        item=item,
+        is_async=isinstance(node, ast.AsyncFunctionDef),
+        idempotent=_marked_idempotent(node),
+    )

@@ -442,6 +442,8 @@ def _render_service(
         "server_module": svc.server_module,
         "server_class": svc.server_class,
         "methods": interface.methods,
+        "streams": [m for m in interface.methods if m.stream],
+        "idempotent": [m for m in interface.methods if m.idempotent],
         "imports": "\n".join(import_lines(runtime, first_party)),
         "typing_imports": [line for line in import_lines(typing_only, first_party)],
         "package": spec.package,

@@ -10,9 +10,11 @@ direct mode fails the same way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import pickle
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NoReturn
 
@@ -60,7 +62,7 @@ class PicklingProxy:
         def method(*args: Any, **kwargs: Any) -> Any:
             call_args, call_kwargs = _roundtrip((args, kwargs), "an argument", name)
             try:
-                result = target(*call_args, **call_kwargs)
+                result = _awaited(target(*call_args, **call_kwargs))
             except Exception as exc:
                 _raise_as_over_rpc(exc, service, name)
             if is_stream(result):  # a streaming method: each item through pickle, as over RPC
@@ -69,6 +71,21 @@ class PicklingProxy:
 
         method.__name__ = name
         return method
+
+
+def _awaited(result: Any) -> Any:
+    """A coroutine method's result (run here to the end, as the server would); else as is."""
+    if not isinstance(result, types.CoroutineType):
+        return result
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(result)
+    # Called from a coroutine: its loop is busy running us; run it on a loop of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, result).result()
 
 
 def _raise_as_over_rpc(exc: Exception, service: str, method: str) -> NoReturn:
@@ -131,7 +148,7 @@ class DirectProxy:
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Any:
-        result = getattr(self._target, method)(*args, **(kwargs or {}))
+        result = _awaited(getattr(self._target, method)(*args, **(kwargs or {})))
         return sync_items(result) if is_stream(result) else result
 
     def _rpc_acall(
