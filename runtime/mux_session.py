@@ -36,20 +36,22 @@ _READ_SIZE = 1 << 16
 # Replies waiting to be written to a peer: past this, the peer's requests are not read
 # until it reads its replies (a peer that never reads cannot grow the server's memory).
 _OUTBOX_HIGH = 8 << 20
+# Requests waiting for a thread: past this, reading pauses until threads take some.
+_INBOX_HIGH = 8 << 20
 
 
 class MuxSession:
     """One multiplexed connection: requests carry ids, replies go back as they finish.
 
-    Leader and followers: up to ``max_concurrent_calls`` threads serve the connection
-    (started as they are needed, kept for its life). One of them, the leader, reads;
-    when requests arrive it queues all but the first for the others, passes the
-    leadership on (a queued token) and runs the first itself. So one call in flight
-    costs no hand-off between threads, many run at once, and a slow call never stops
-    the connection from being read. At the limit the token waits its turn like a
-    request: reading pauses until a thread is free. Replies that finish while another
-    is being written go out with it, in one system call. Reading pauses too while more
-    than ``_OUTBOX_HIGH`` bytes of replies wait for a peer that does not read them.
+    The connection's thread reads, without pause: each request is stamped with its
+    arrival (a call's deadline counts from there, however long it then waits for a
+    thread) and queued; control messages (a cancel, a stream's credit or close) are
+    acted on at once, even while every call is busy. Up to ``max_concurrent_calls``
+    worker threads run the queued calls (started as they are needed, kept for the
+    connection's life). Replies that finish while another is being written go out
+    with it, in one system call. Reading pauses only while more than ``_OUTBOX_HIGH``
+    bytes of replies wait for a peer that does not read them, or more than
+    ``_INBOX_HIGH`` bytes of requests wait for a thread.
     """
 
     def __init__(self, server: _RPCServer, fd: int, tls: Tls | None = None) -> None:
@@ -63,8 +65,9 @@ class MuxSession:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.workers: list[threading.Thread] = []
-        self.idle = 0  # threads waiting that no queued item has claimed yet
-        self.backlog = 0  # queued items that no thread has claimed yet
+        self.free = 0  # workers waiting for a request
+        self.pending = 0  # requests queued that no worker took yet
+        self.inbox = 0  # their bytes
         self.reader = FrameReader(server.max_message_bytes)
         self.outbox: list[bytes | memoryview] = []
         self.unsent = 0  # bytes of replies queued or being written
@@ -75,20 +78,41 @@ class MuxSession:
 
     def run(self) -> None:
         """Serve until the client hangs up; return once no thread can touch the fd."""
-        me = threading.current_thread()
-        self.workers.append(me)
-        self.queue.put(_LEAD)
-        self._work()
-        # The client is gone: every call and stream still running is cancelled.
-        for call in list(self.calls.values()):
-            call.cancel()
-        for stream in list(self.streams.values()):
-            stream.cancel()
-        for worker in self.workers:
-            if worker is not me:
+        try:
+            while True:
+                requests = self._read()
+                if requests is None:
+                    return
+                for request in requests:
+                    self._dispatch(request)
+        finally:
+            # The client is gone: every call and stream still running is cancelled.
+            for call in list(self.calls.values()):
+                call.cancel()
+            for stream in list(self.streams.values()):
+                stream.cancel()
+            with self.lock:
+                workers = list(self.workers)
+            for _ in workers:
+                self.queue.put(None)
+            for worker in workers:
                 worker.join()
-        for thread in list(self.stream_threads):
-            thread.join()
+            for thread in list(self.stream_threads):
+                thread.join()
+
+    def _dispatch(self, item: tuple[int, bytes, float]) -> None:
+        with self.lock:
+            self.pending += 1
+            self.inbox += len(item[1])
+            start = self.pending > self.free and len(self.workers) < self.limit
+            if start:
+                worker = threading.Thread(
+                    target=self._work, name=f"{threading.current_thread().name}+", daemon=True
+                )
+                self.workers.append(worker)
+        self.queue.put(item)
+        if start:
+            worker.start()
 
     def _work(self) -> None:
         get = self.queue.get
@@ -96,19 +120,17 @@ class MuxSession:
         calls = self.calls
         lock = self.lock
         while True:
+            with lock:
+                self.free += 1
             item = get()
+            with lock:
+                self.free -= 1
+                if item is not None:
+                    self.pending -= 1
+                    self.inbox -= len(item[1])
+                    self.drained.notify_all()
             if item is None:
                 return
-            if item is _LEAD:
-                frames = self._read()
-                if frames is None:  # the client hung up: everyone stops
-                    for _ in self.workers:
-                        self.queue.put(None)
-                    return
-                for frame in frames[1:]:
-                    self._dispatch(frame)
-                self._dispatch(_LEAD)
-                item = frames[0]
             ident, request, arrived = item
             reply = answer(request, arrived, calls, ident)
             if isinstance(reply, StreamCall):
@@ -116,18 +138,15 @@ class MuxSession:
             else:
                 self._send(tagged_frame(ident, reply))
             del item, request, reply
-            with lock:
-                if self.backlog:
-                    self.backlog -= 1
-                else:
-                    self.idle += 1
 
     def _read(self) -> list[tuple[int, bytes, float]] | None:
         """At least one request; None at EOF, on an error, or on a bad frame."""
         stop = self.server.stop_event
         while not stop.is_set():
             with self.lock:
-                while self.unsent > _OUTBOX_HIGH and not self.broken and not stop.is_set():
+                while (self.unsent > _OUTBOX_HIGH or self.inbox > _INBOX_HIGH) and not (
+                    self.broken or stop.is_set()
+                ):
                     self.drained.wait(0.5)
                 if self.broken:
                     return None
@@ -197,24 +216,6 @@ class MuxSession:
             self.streams.pop(ident, None)
             self.stream_threads.discard(threading.current_thread())
 
-    def _dispatch(self, item: Any) -> None:
-        with self.lock:
-            if self.idle:
-                self.idle -= 1
-                start = False
-            elif len(self.workers) < self.limit:
-                start = True
-            else:
-                self.backlog += 1
-                start = False
-        self.queue.put(item)
-        if start:
-            worker = threading.Thread(
-                target=self._work, name=f"{threading.current_thread().name}+", daemon=True
-            )
-            self.workers.append(worker)
-            worker.start()
-
     def _send(self, pieces: list[bytes | memoryview]) -> None:
         size = sum(len(piece) for piece in pieces)
         with self.lock:
@@ -239,6 +240,3 @@ class MuxSession:
                 with self.lock:
                     self.unsent -= sum(len(piece) for piece in batch)
                     self.drained.notify_all()
-
-
-_LEAD = object()  # the queued token that makes a thread the connection's reader

@@ -36,7 +36,12 @@ _DONE = pickle.dumps(("#DONE",), PROTOCOL)
 
 
 class RemoteStream(Iterator[_T], Generic[_T]):
-    """A server generator's items, as they come. Iterate it once; ``close()`` ends it."""
+    """A server generator's items, as they come. Iterate it once; ``close()`` ends it.
+
+    Like a generator, a stream held in a variable stays open after a ``break`` until
+    it is closed or dropped; a loop straight over the call (``for x in client.m():``)
+    closes it as the loop ends.
+    """
 
     def __init__(
         self,
@@ -47,21 +52,19 @@ class RemoteStream(Iterator[_T], Generic[_T]):
         deadline: float | None,
         timeout_s: float | None = None,
     ) -> None:
-        self._proxy = proxy
-        self._holder = holder
-        self._method = method
-        self._first = first
-        self._deadline = deadline
-        self._timeout_s = timeout_s or 0.0
-        self._finished = False
-        self._credit = [len(first), 0]  # consumed, not yet acknowledged: items, bytes
-        self._items = self._run()
+        # The iteration's state lives apart, so that the generator over it holds no
+        # reference back to this object: dropped, this object (and so the stream)
+        # closes at once, not at the next garbage collection.
+        self._state = _State(proxy, holder, method, first, deadline, timeout_s or 0.0)
+        self._items: Generator[_T, None, None] = _run(self._state)
+        self._handed_out = False  # a loop holds the generator: it closes the stream
 
     def __repr__(self) -> str:
-        state = "ended" if self._finished else "open"
-        return f"<RemoteStream {self._method}() {state}>"
+        state = "ended" if self._state.finished else "open"
+        return f"<RemoteStream {self._state.method}() {state}>"
 
     def __iter__(self) -> Iterator[_T]:
+        self._handed_out = True
         return self._items
 
     def __next__(self) -> _T:
@@ -70,7 +73,7 @@ class RemoteStream(Iterator[_T], Generic[_T]):
     def close(self) -> None:
         """Stop the stream now (the server closes its generator at its next ``yield``)."""
         self._items.close()
-        self._abandon()
+        self._state.abandon()
 
     def __enter__(self) -> RemoteStream[_T]:
         return self
@@ -79,74 +82,104 @@ class RemoteStream(Iterator[_T], Generic[_T]):
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._abandon()
+        if not getattr(self, "_handed_out", True):
+            with contextlib.suppress(Exception):
+                self._state.abandon()
 
-    # -- internals -----------------------------------------------------------------------
 
-    def _run(self) -> Generator[_T, None, None]:
-        try:
-            yield from self._first
-            self._first = []
-            while True:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                yield from batch
-        finally:
-            self._abandon()
+def _run(state: _State) -> Generator[Any, None, None]:
+    try:
+        first, state.first = state.first, []
+        yield from first
+        while True:
+            batch = state.next_batch()
+            if batch is None:
+                return
+            yield from batch
+    finally:
+        state.abandon()
 
-    def _next_batch(self) -> list[Any] | None:
-        conn = self._holder.conn
+
+class _State:
+    __slots__ = (
+        "credit",
+        "deadline",
+        "finished",
+        "first",
+        "holder",
+        "method",
+        "proxy",
+        "timeout_s",
+    )
+
+    def __init__(
+        self,
+        proxy: RPCProxy,
+        holder: _Holder,
+        method: str,
+        first: list[Any],
+        deadline: float | None,
+        timeout_s: float,
+    ) -> None:
+        self.proxy = proxy
+        self.holder = holder
+        self.method = method
+        self.first = first
+        self.deadline = deadline
+        self.timeout_s = timeout_s
+        self.finished = False
+        self.credit = [len(first), 0]  # consumed, not yet acknowledged: items, bytes
+
+    def next_batch(self) -> list[Any] | None:
+        conn = self.holder.conn
         stream = stream_of(conn)
         try:
-            if self._credit[0]:
-                credit, self._credit = self._credit, [0, 0]
+            if self.credit[0]:
+                credit, self.credit = self.credit, [0, 0]
                 send_message(stream, pickle.dumps(("#CREDIT", *credit), PROTOCOL))
-            if self._deadline is not None:
-                left = self._deadline - time.monotonic()
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
                 if left <= 0 or not conn.poll(left):
-                    self._abandon()
-                    raise self._proxy._rpc_call_timeout(self._method, self._timeout_s)
-            data = recv_message(stream, self._proxy._rpc_max_message_bytes)
+                    self.abandon()
+                    raise self.proxy._rpc_call_timeout(self.method, self.timeout_s)
+            data = recv_message(stream, self.proxy._rpc_max_message_bytes)
         except (EOFError, OSError) as exc:
             if isinstance(exc, CallTimeout):
                 raise
-            self._abandon()
+            self.abandon()
             raise self._cut(exc) from exc
         kind, value = pickle.loads(data)
         if kind == "#ITEMS":
-            self._credit[0] += len(value)
-            self._credit[1] += len(data)
+            self.credit[0] += len(value)
+            self.credit[1] += len(data)
             return value  # type: ignore[no-any-return]
         # the end: say so, and the connection is in step again (ready for the next call)
-        self._finished = True
+        self.finished = True
         try:
             send_message(stream, _DONE)
         except OSError:
-            self._proxy._rpc_forget_holder(self._holder)
+            self.proxy._rpc_forget_holder(self.holder)
         else:
-            self._proxy._rpc_release(self._holder)
+            self.proxy._rpc_release(self.holder)
         if kind == "#END":
             return None
-        self._proxy._rpc_result(self._method, kind, value)
+        self.proxy._rpc_result(self.method, kind, value)
         return None  # it raised
 
     def _cut(self, exc: BaseException) -> Exception:
         return ServiceUnavailable(
-            service=self._proxy._rpc_service,
-            host=str(self._proxy._rpc_address),
+            service=self.proxy._rpc_service,
+            host=str(self.proxy._rpc_address),
             port="stream",
-            reason=f"{self._method}(): the stream was cut short ({exc!r}); the server may "
+            reason=f"{self.method}(): the stream was cut short ({exc!r}); the server may "
             "have restarted. A stream is never replayed: call the method again",
         )
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """Ended before the server's end: tell it, and drop the connection (out of step)."""
-        if self._finished:
+        if self.finished:
             return
-        self._finished = True
-        conn = self._holder.conn
+        self.finished = True
         with contextlib.suppress(Exception):
-            send_message(stream_of(conn), _CLOSE)
-        self._proxy._rpc_forget_holder(self._holder)
+            send_message(stream_of(self.holder.conn), _CLOSE)
+        self.proxy._rpc_forget_holder(self.holder)

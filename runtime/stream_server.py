@@ -49,7 +49,7 @@ logger = logging.getLogger("rpcgen")
 
 #: (items, bytes) a client lets the server send ahead of its consumer, by default
 DEFAULT_WINDOW = (65536, 8 << 20)
-_FIRST_QUEUE = 1024  # the producer's queue before any item's size is known
+_FIRST_QUEUE = 64  # the producer's queue before any item's size is known
 
 
 def is_stream(result: Any) -> bool:
@@ -104,6 +104,7 @@ class ServerStream:
         self.max_bytes = max_bytes
         self.queue: collections.deque[Any] = collections.deque()
         self.cap = min(_FIRST_QUEUE, self.window_items)
+        self.item_bytes = 64  # pickled bytes per item, as last measured
         self.room = threading.Event()
         self.lock = threading.Lock()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -176,7 +177,12 @@ class ServerStream:
     def _reply(self, *messages: tuple[str, Any]) -> None:
         for message in messages:
             try:
-                self.send(self._dump(message))
+                data = self._dump(message)
+                if message[0] == "#STREAM" and message[1]:
+                    # The first item's size sizes the producer's queue: a window's bytes.
+                    self.item_bytes = len(data)
+                    self.cap = max(1, min(self.window_items, self.window_bytes // len(data)))
+                self.send(data)
             except _Unpicklable as exc:
                 self.send(dumps(("#UNSERIALIZABLE", str(exc)), False))
             except OSError:
@@ -247,7 +253,8 @@ class ServerStream:
                 room_items = self.window_items - (self.sent[0] - self.acked[0])
                 room_bytes = self.window_bytes - (self.sent[1] - self.acked[1])
             room = room_items > 0 and room_bytes > 0
-            n = min(len(queue), room_items) if room else 0
+            # what fits the window, by count and by the items' last measured size
+            n = min(len(queue), room_items, max(1, room_bytes // self.item_bytes)) if room else 0
             if n > 0:
                 batch = [popleft() for _ in range(n)]
                 self.room.set()
@@ -265,7 +272,8 @@ class ServerStream:
                 self.sent[0] += n
                 self.sent[1] += size
                 # the producer's queue holds about a window's bytes of items
-                self.cap = max(1, min(self.window_items, self.window_bytes * n // max(size, 1)))
+                self.item_bytes = max(1, size // n)
+                self.cap = max(1, min(self.window_items, self.window_bytes // self.item_bytes))
                 continue
             if not queue and self.final is not None:
                 self.send(dumps(self.final, False))
