@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import aio, calls, generator, lifecycle, peers, ray, registry, sharing, tls
+from . import aio, calls, generator, lifecycle, peers, ray, registry, sharing, streams, tls
 from ._util import Row
 
 GROUPS = {
@@ -23,6 +23,7 @@ GROUPS = {
     "peers": peers.run,
     "ray": ray.run,
     "tls": tls.run,
+    "streams": streams.run,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from multiprocessing.managers import BaseManager
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -62,3 +63,38 @@ class StockManager(BaseManager):
 
 
 StockManager.register("BenchServer", callable=BenchServer)
+
+
+class StreamBenchServer(BenchServer):
+    """Items to stream, and the same item one call at a time."""
+
+    def items_rpc(self, n: int, size: int) -> Iterator[bytes]:
+        for _ in range(n):
+            yield b"x" * size  # a new object each time (pickle would share a repeated one)
+
+    def item_rpc(self, size: int) -> bytes:
+        return b"x" * size
+
+
+def serve_stream_bench(address: Address, authkey: bytes, ready: Any) -> None:
+    serve_rpc(StreamBenchServer, address, authkey, ready, service_name="StreamBench")
+
+
+class StreamBenchClient(RPCServiceBase[StreamBenchServer]):
+    def __init__(self, port: int, **kwargs: Any) -> None:
+        super().__init__(service_name="StreamBench", port=port, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> StreamBenchServer:
+        return StreamBenchServer()
+
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: Any
+    ) -> BaseProcess:
+        return self._launch_server_process(serve_stream_bench, address, authkey, server_ready)
+
+    def items(self, n: int, size: int) -> Iterator[bytes]:
+        return self._server_proxy.items_rpc(n, size)
+
+    def item(self, size: int) -> bytes:
+        return self._server_proxy.item_rpc(size)

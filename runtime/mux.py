@@ -384,7 +384,7 @@ class LoopConnections:
                 conn = await self._connection(client, loop, timeout_s)
             return conn, conn.open_stream(loop, payload, stream)
 
-        return AsyncRemoteStream(open_stream, method, client._rpc_final_error)
+        return AsyncRemoteStream(open_stream, method, client._rpc_final_error, client._rpc_window)
 
     def close_all(self) -> None:
         """Close every loop's connection (any thread); calls in flight fail, typed."""

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .stream_server import DEFAULT_WINDOW
 from .wire import PROTOCOL
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
         open_stream: Callable[[AsyncRemoteStream[Any]], Awaitable[tuple[MuxConnection, int]]],
         method: str,
         error: Callable[[str, str, Any], BaseException | None],
+        window: tuple[int, int] | None = None,
     ) -> None:
         self._open = open_stream
         self.method = method
@@ -68,6 +70,8 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
         self._items: list[Any] = []
         self._next = 0
         self._credit = [0, 0]
+        window = window or DEFAULT_WINDOW
+        self._half = (max(1, window[0] // 2), max(1, window[1] // 2))
         self._final: BaseException | bool | None = False  # False: open; None: ended
         self._waiter: asyncio.Future[None] | None = None
 
@@ -85,6 +89,8 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
                 return item  # type: ignore[no-any-return]
             if self._batches:
                 self._items, self._next = self._batches.popleft(), 0
+                if self._credit[0] >= self._half[0] or self._credit[1] >= self._half[1]:
+                    self._send_credit()
                 continue
             if self._final is not False:
                 self._finish()
@@ -94,9 +100,8 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
             if self._conn is None:
                 self._conn, self._ident = await self._open(self)
                 continue
-            if self._credit[0]:
-                credit, self._credit = self._credit, [0, 0]
-                self._conn.control(self._ident, pickle.dumps(("#CREDIT", *credit), PROTOCOL))
+            if self._credit[0]:  # about to wait: everything consumed goes back
+                self._send_credit()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -105,6 +110,11 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
                 raise
             finally:
                 self._waiter = None
+
+    def _send_credit(self) -> None:
+        credit, self._credit = self._credit, [0, 0]
+        if self._conn is not None:
+            self._conn.control(self._ident, pickle.dumps(("#CREDIT", *credit), PROTOCOL))
 
     async def aclose(self) -> None:
         """Stop the stream (the server closes its generator at its next ``yield``)."""

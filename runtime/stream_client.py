@@ -22,6 +22,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import CallTimeout, ServiceUnavailable
+from .stream_server import DEFAULT_WINDOW
 from .transport import stream_of
 from .wire import PROTOCOL, recv_message, send_message
 
@@ -106,6 +107,7 @@ class _State:
         "deadline",
         "finished",
         "first",
+        "half",
         "holder",
         "method",
         "proxy",
@@ -129,13 +131,20 @@ class _State:
         self.timeout_s = timeout_s
         self.finished = False
         self.credit = [len(first), 0]  # consumed, not yet acknowledged: items, bytes
+        window = proxy._rpc_window or DEFAULT_WINDOW
+        self.half = (max(1, window[0] // 2), max(1, window[1] // 2))
 
     def next_batch(self) -> list[Any] | None:
         conn = self.holder.conn
         stream = stream_of(conn)
         try:
-            if self.credit[0]:
-                credit, self.credit = self.credit, [0, 0]
+            credit = self.credit
+            # Credit goes back in halves of the window, or whenever this side is about to
+            # wait: a server sent it back item by item would send item by item for ever.
+            if credit[0] and (
+                credit[0] >= self.half[0] or credit[1] >= self.half[1] or not conn.poll(0)
+            ):
+                self.credit = [0, 0]
                 send_message(stream, pickle.dumps(("#CREDIT", *credit), PROTOCOL))
             if self.deadline is not None:
                 left = self.deadline - time.monotonic()

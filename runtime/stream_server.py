@@ -107,7 +107,7 @@ class ServerStream:
         self.item_bytes = 64  # pickled bytes per item, as last measured
         self.room = threading.Event()
         self.lock = threading.Lock()
-        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.wake = -1  # the writer's wake-up eventfd, made with the writer
         self.writer_idle = False
         self.final: tuple[str, Any] | None = None
         self.sent = [0, 0]  # items, bytes
@@ -138,8 +138,9 @@ class ServerStream:
         self._poke()
 
     def _poke(self) -> None:
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self.wake, 1)
+        if self.wake >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self.wake, 1)
 
     # -- the producer (the calling thread) ------------------------------------------------
 
@@ -149,6 +150,7 @@ class ServerStream:
         try:
             if not self._first():
                 return not self.lost
+            self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             writer = threading.Thread(
                 target=self._write_loop, name=f"{threading.current_thread().name}>", daemon=True
             )
@@ -157,7 +159,8 @@ class ServerStream:
         finally:
             if writer is not None:
                 writer.join()
-            os.close(self.wake)
+            if self.wake >= 0:
+                os.close(self.wake)
         return not self.lost
 
     def _first(self) -> bool:

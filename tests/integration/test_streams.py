@@ -7,6 +7,7 @@ Each behaviour the issue names, measured on the server's side too: its generator
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import signal
@@ -48,6 +49,10 @@ def streams(request: pytest.FixtureRequest, port: int) -> Iterator[Streams]:
 
 def closed(client: Streams, key: str) -> int:
     return int(client.server.counts_rpc().get(key, 0))
+
+
+def _closed_n(client: Streams, key: str, n: int) -> bool:
+    return closed(client, key) == n
 
 
 def test_a_million_small_items_arrive_in_order_and_complete(streams: Streams) -> None:
@@ -115,8 +120,7 @@ def test_break_runs_the_server_generators_finally_within_100_ms(streams: Streams
             if item == 20:
                 broke_at = time.time()
                 break
-        expected = round_ + 1
-        wait_until(lambda e=expected: closed(streams, "ticks closed") == e, what="the finally")
+        wait_until(functools.partial(_closed_n, streams, "ticks closed", round_ + 1))
         delays.append(streams.server.stamps_rpc()["ticks closed"] - broke_at)
     assert max(delays) < 0.1, delays
 
