@@ -23,7 +23,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["CallContext", "current_call", "deadline", "idempotent", "time_left_s"]
+__all__ = [
+    "CallContext",
+    "current_call",
+    "current_deadline",
+    "deadline",
+    "idempotent",
+    "run_in_call",
+    "serving",
+    "time_left_s",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -41,7 +50,7 @@ def deadline(seconds: float) -> Iterator[None]:
     if not seconds >= 0 or math.isinf(seconds):
         raise ValueError(f"deadline(seconds) must be a finite number >= 0, got {seconds!r}")
     end = time.monotonic() + seconds
-    outer = _DEADLINE.get()
+    outer = current_deadline()
     token = _DEADLINE.set(end if outer is None else min(outer, end))
     try:
         yield
@@ -51,10 +60,16 @@ def deadline(seconds: float) -> Iterator[None]:
 
 def time_left_s(default: float | None = None) -> float | None:
     """Seconds left before the current deadline (``default`` where none applies)."""
-    end = _DEADLINE.get()
+    end = current_deadline()
     if end is None:
         return default
     return end - time.monotonic()
+
+
+def current_deadline() -> float | None:
+    """The monotonic time by which calls made here must be answered: the innermost
+    :func:`deadline` block's, or (in a server method) its own call's; None: none."""
+    return _DEADLINE.get()
 
 
 def idempotent(method: _F) -> _F:
@@ -133,19 +148,49 @@ _CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
 )
 
 
+#: The call a server thread runs (a thread-local: cheaper than a context variable on
+#: every call; coroutine methods, which share the loop's thread, use _CURRENT). A plain
+#: call with no deadline is just its method's name until someone asks for its context.
+_SERVING = threading.local()
+
+
 def current_call() -> CallContext:
     """The call this server method runs for. Outside a server call (direct mode, or a
     plain function call), a context with no deadline that is never cancelled."""
     call = _CURRENT.get()
+    if call is None:
+        call = getattr(_SERVING, "call", None)
+        if type(call) is str:  # a call with no deadline: its context is made on demand
+            call = _SERVING.call = CallContext(call)
     return call if call is not None else CallContext("")
 
 
 def run_in_call(call: CallContext, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``function`` as the server side of ``call``: :func:`current_call` returns it,
     and calls it makes to other services inherit its deadline."""
-    tokens = (_CURRENT.set(call), _DEADLINE.set(call.deadline))
-    try:
+    with serving(call):
         return function(*args, **kwargs)
-    finally:
-        _DEADLINE.reset(tokens[1])
-        _CURRENT.reset(tokens[0])
+
+
+class serving:
+    """``with serving(call):`` runs the block as the server side of ``call`` (a stream's
+    producer thread, for each item its generator makes)."""
+
+    __slots__ = ("call", "previous", "token")
+
+    def __init__(self, call: CallContext) -> None:
+        self.call = call
+        self.previous: CallContext | None = None
+        self.token: contextvars.Token[float | None] | None = None
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_SERVING, "call", None)
+        _SERVING.call = self.call
+        if self.call.deadline is not None:  # calls the method makes inherit it
+            self.token = _DEADLINE.set(self.call.deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        _SERVING.call = self.previous
+        if self.token is not None:
+            _DEADLINE.reset(self.token)
+            self.token = None

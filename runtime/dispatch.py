@@ -23,9 +23,9 @@ import types
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from .calls import CallContext, run_in_call
+from .calls import _DEADLINE, _SERVING, CallContext
 from .remote import pack_exception
-from .stream_server import DEFAULT_WINDOW, is_stream, sync_items
+from .stream_server import DEFAULT_WINDOW, sync_items
 from .wire import dumps, looks_big
 
 __all__ = ["Dispatcher", "StreamCall"]
@@ -61,23 +61,37 @@ class Dispatcher:
         """Run one pickled request; its pickled reply (never raises), or a stream."""
         reply: tuple[str, Any]
         big = False
+        serving = _SERVING
         try:
-            request_tuple = _loads(request)
-            ident_obj, method, args, kwargs = request_tuple[:4]
-            meta = request_tuple[4] if len(request_tuple) > 4 else None
-            obj, exposed, _ = self.id_to_obj[ident_obj]
+            parts = _loads(request)
+            obj, exposed, _ = self.id_to_obj[parts[0]]
+            method = parts[1]
             if method not in exposed:
                 raise AttributeError(f"method {method!r} of {type(obj).__name__!r} is not exposed")
-            timeout_s = meta[0] if meta is not None else None
-            call = CallContext(method, None if timeout_s is None else arrived + timeout_s)
-            if timeout_s is not None and time.monotonic() >= call.deadline:  # type: ignore[operator]
-                return dumps(("#EXPIRED", None), False)  # it waited past its caller's deadline
-            if calls is not None:
-                calls[ident] = call
+            # rpcgen's clients send a fifth element (None, or (timeout_s, window)), and
+            # take a stream; a generator returned to any other caller fails to pickle.
+            streams = len(parts) > 4
+            meta = parts[4] if streams else None
+            timeout_s = meta[0] if meta else None
+            call: CallContext | str
+            token = None
+            if timeout_s is None and calls is None:
+                call = method  # made into a CallContext only if the method asks for it
+            else:
+                call = CallContext(method, None if timeout_s is None else arrived + timeout_s)
+                if timeout_s is not None:
+                    arrived = arrived or time.monotonic()  # 0: it arrives now (no queue)
+                    call.deadline = arrived + timeout_s
+                    if time.monotonic() >= arrived + timeout_s:
+                        return _EXPIRED  # it waited past its caller's deadline: not run
+                    token = _DEADLINE.set(arrived + timeout_s)  # its own calls inherit it
+                if calls is not None:
+                    calls[ident] = call
+            serving.call = call
             try:
-                result = run_in_call(call, getattr(obj, method), *args, **kwargs)
-                if isinstance(result, types.CoroutineType):
-                    result = self._await(result, call)
+                result = getattr(obj, method)(*parts[2], **parts[3])
+                if type(result) is types.CoroutineType:
+                    result = self._await(result, _context(call))
             except Exception as exc:
                 reply = ("#RAISED", pack_exception(exc))
                 if logger.isEnabledFor(logging.DEBUG):
@@ -85,11 +99,14 @@ class Dispatcher:
             except asyncio.CancelledError as exc:  # its caller cancelled it
                 reply = ("#RAISED", pack_exception(exc))
             else:
-                if meta is not None and is_stream(result):
-                    window = meta[1] if len(meta) > 1 and meta[1] else DEFAULT_WINDOW
-                    return StreamCall(sync_items(result), call, window)
+                if streams and isinstance(result, _STREAMS):
+                    window = meta[1] if meta and meta[1] else DEFAULT_WINDOW
+                    return StreamCall(sync_items(result), _context(serving.call), window)
                 reply, big = ("#RETURN", result), looks_big((result,))
             finally:
+                serving.call = None
+                if token is not None:
+                    _DEADLINE.reset(token)
                 if calls is not None:
                     calls.pop(ident, None)
         except Exception:
@@ -117,6 +134,14 @@ class Dispatcher:
         if call.cancelled:
             future.cancel()
         return future.result()
+
+
+_EXPIRED = dumps(("#EXPIRED", None), False)
+_STREAMS = (types.GeneratorType, types.AsyncGeneratorType)
+
+
+def _context(call: CallContext | str) -> CallContext:
+    return call if isinstance(call, CallContext) else CallContext(call)
 
 
 async def _as_call(coroutine: Any, call: CallContext) -> Any:

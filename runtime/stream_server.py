@@ -39,7 +39,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-from .calls import CallContext, run_in_call
+from .calls import CallContext, run_in_call, serving
 from .remote import pack_exception
 from .wire import ProtocolError, Stream, dumps, looks_big, recv_message
 
@@ -206,7 +206,7 @@ class ServerStream:
         append = queue.append
         final: tuple[str, Any] = ("#END", None)
         try:
-            with _in_call(call):
+            with serving(call):
                 for item in self.items:
                     append(item)  # no lock: the writer takes from the other end
                     if self.writer_idle:
@@ -224,7 +224,7 @@ class ServerStream:
             close = getattr(self.items, "close", None)
             if close is not None:
                 try:
-                    with _in_call(call):
+                    with serving(call):
                         close()  # a generator's finally runs now
                 except Exception as exc:
                     logger.warning("closing a stream's generator raised %r", exc)
@@ -324,23 +324,3 @@ class _Unpicklable(Exception):
 
 def _fileno(stream: Stream) -> int:
     return stream if isinstance(stream, int) else stream.fileno()  # type: ignore[attr-defined]
-
-
-class _in_call:
-    """``with _in_call(call):`` runs the block as the server side of ``call``."""
-
-    __slots__ = ("call", "tokens")
-
-    def __init__(self, call: CallContext) -> None:
-        self.call = call
-
-    def __enter__(self) -> None:
-        from .calls import _CURRENT, _DEADLINE
-
-        self.tokens = (_CURRENT.set(self.call), _DEADLINE.set(self.call.deadline))
-
-    def __exit__(self, *exc: object) -> None:
-        from .calls import _CURRENT, _DEADLINE
-
-        _DEADLINE.reset(self.tokens[1])
-        _CURRENT.reset(self.tokens[0])
