@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .remote import RaisedInfo, pack_exception
+from .stream_server import is_stream, sync_items
 
 __all__ = ["Raised", "Refused", "ServiceActor", "actor_class", "is_forwardable"]
 
@@ -74,6 +75,25 @@ class ServiceActor:
             return function(*args, **kwargs)
         except Exception as exc:
             return Raised(pack_exception(exc))
+
+    def rpcgen_stream(self, request: tuple[str, tuple[Any, ...], dict[str, Any]]) -> Any:
+        """A streaming method's items, one Ray object each (a Ray streaming generator);
+        an exception is the last item, as :class:`Raised`."""
+        method, args, kwargs = request
+        result = self._rpcgen_run(method, args, kwargs)
+        if isinstance(result, (Raised, Refused)):
+            yield result
+            return
+        items = sync_items(result) if is_stream(result) else iter((result,))
+        try:
+            for item in items:  # not `yield from`: Ray's send() must not reach the items
+                yield item
+        except Exception as exc:
+            yield Raised(pack_exception(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     def rpcgen_health(self) -> tuple[int, Any]:
         """(worker pid, what ``health_check_rpc`` returned); the start's readiness test."""

@@ -79,6 +79,7 @@ class RayHost:
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        streams: tuple[str, ...] = (),
     ) -> None:
         self.service = service
         self.port = port
@@ -98,6 +99,7 @@ class RayHost:
             namespace=options.namespace,
             address=address,
             methods=self.methods,
+            streams=streams,
         )
         stop_at_exit(self)
 
@@ -288,6 +290,7 @@ class RayBackend:
         self.port = settings.port
         self.make_server = make_server
         self.methods = settings.server_methods
+        self.streams = settings.stream_methods
         self.options = settings.ray_options or RayOptions()
         self.address = settings.ray_address
         self.start_timeout_s = settings.start_timeout_s
@@ -314,6 +317,7 @@ class RayBackend:
             namespace=self.options.namespace,
             address=address,
             methods=self.methods,
+            streams=self.streams,
         )
 
     def _use(self, proxy: RayProxy) -> None:
@@ -332,6 +336,7 @@ class RayBackend:
                 log=self.log,
                 clock=self.clock,
                 sleep=self.sleep,
+                streams=self.streams,
             )
         pid = host.start(self.start_timeout_s, self.shutdown_timeout_s)
         self._started(host, pid)

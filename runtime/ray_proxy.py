@@ -8,8 +8,9 @@ service's actor). It finds the actor by name on first use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from .backend import CallsByName
@@ -20,6 +21,10 @@ from .ray_cluster import connect, first_line
 from .remote import unpack_exception
 
 __all__ = ["RayProxy"]
+
+
+#: items a Ray stream's actor runs ahead of its consumer (Ray's own backpressure)
+_STREAM_WINDOW = 1024
 
 
 class RayProxy(CallsByName):
@@ -35,9 +40,12 @@ class RayProxy(CallsByName):
         address: str | None,
         handle: Any = None,
         methods: tuple[str, ...] = (),
+        streams: tuple[str, ...] = (),
     ) -> None:
         #: server methods the actor class has as its own actor methods
         self._rpc_methods = frozenset(name for name in methods if is_forwardable(name))
+        #: streaming methods: called as Ray streaming generators
+        self._rpc_streams = frozenset(streams)
         self._rpc_service = service
         self._rpc_namespace = namespace
         self._rpc_cluster = address
@@ -121,11 +129,67 @@ class RayProxy(CallsByName):
         timeout_s: float | None = None,
     ) -> Any:
         ray, handle = self._rpc_actor()
+        if method in self._rpc_streams:
+            return self._rpc_items(
+                ray, self._rpc_start_stream(handle, method, args, kwargs), method
+            )
         try:
             value = ray.get(self._rpc_submit(handle, method, args, kwargs), timeout=timeout_s)
         except Exception as exc:
             raise self._rpc_error(ray, exc, method, timeout_s) from None
         return self._rpc_result(method, value)
+
+    def _rpc_start_stream(
+        self, handle: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> Any:
+        stream = handle.rpcgen_stream.options(
+            num_returns="streaming", _generator_backpressure_num_objects=_STREAM_WINDOW
+        )
+        return stream.remote((method, args, kwargs or {}))
+
+    def _rpc_items(self, ray: Any, refs: Any, method: str) -> Iterator[Any]:
+        """A Ray streaming generator's items; closing it early cancels the actor's task."""
+        done = False
+        try:
+            for ref in refs:
+                try:
+                    value = ray.get(ref)
+                except Exception as exc:
+                    raise self._rpc_error(ray, exc, method, None) from None
+                yield self._rpc_result(method, value)
+            done = True
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    ray.cancel(refs)
+
+    def _rpc_astream(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]:
+        return self._rpc_aitems(method, args, kwargs)
+
+    async def _rpc_aitems(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> AsyncIterator[Any]:
+        ray, handle = self._rpc_actor()
+        refs = self._rpc_start_stream(handle, method, args, kwargs)
+        done = False
+        try:
+            async for ref in refs:
+                try:
+                    value = await ref
+                except Exception as exc:
+                    raise self._rpc_error(ray, exc, method, None) from None
+                yield self._rpc_result(method, value)
+            done = True
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    ray.cancel(refs)
 
     def _rpc_submit(
         self, handle: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None

@@ -130,6 +130,9 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
     #: Server methods safe to run twice (marked ``@idempotent``): a call to one is tried
     #: again across a restart or a lost connection, within its timeout.
     rpc_idempotent_methods: tuple[str, ...] = ()
+    #: Streaming server methods (generators): with backend="ray" they are called as
+    #: Ray streaming generators (the other backends need no list).
+    rpc_stream_methods: tuple[str, ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -295,6 +298,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             ray_address=self.ray_address,
             ray_options=self.ray_options,
             server_methods=tuple(self.rpc_server_methods),
+            stream_methods=tuple(self.rpc_stream_methods),
             tls=self._rpc_tls_policy(),
             call_timeout_s=getattr(self, "call_timeout_s", None),
             idempotent=frozenset(self.rpc_idempotent_methods),

@@ -261,6 +261,8 @@ class ServiceSettings:
     ray_options: RayOptions | None = None
     #: the server's methods (generated clients list them): one actor method each on Ray
     server_methods: tuple[str, ...] = ()
+    #: its streaming methods: Ray calls them as streaming generators
+    stream_methods: tuple[str, ...] = ()
     #: when connections use TLS, and with which context
     tls: TlsPolicy = field(default_factory=TlsPolicy)
     #: a call's timeout where it gives none (None: it waits for ever)

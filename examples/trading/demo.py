@@ -95,8 +95,10 @@ def run(args: argparse.Namespace) -> None:
         fetcher = services.live_price_fetcher
         lom = services.limit_order_manager
         positions = services.position_manager
-        prices = fetcher.get_prices(["BTCUSD", "ETHUSD"], tick=1)
-        say(f"prices at tick 1: {prices}")
+        # A live feed: prices come as the server makes them (no polling).
+        feed = list(fetcher.stream_prices(["BTCUSD", "ETHUSD"], first_tick=0, ticks=2))
+        tick, prices = feed[-1]
+        say(f"prices streamed for ticks {[t for t, _ in feed]}; at tick {tick}: {prices}")
         lom.place("alice", "BTCUSD", 2, prices["BTCUSD"] + 5)
         lom.place("bob", "ETHUSD", -3, prices["ETHUSD"] - 5)
         waiting = lom.place("alice", "ETHUSD", 1, 1.0)
@@ -133,8 +135,10 @@ def run(args: argparse.Namespace) -> None:
         say(
             f"PositionManager restarted from disk (pid {positions.server_pid}): no position lost"
         )
-        later = lom.fill_orders(tick=2)
-        say(f"tick 2: filled {len(later)} more orders")
+        later = []
+        for tick, _ in fetcher.stream_prices(["ETHUSD"], first_tick=2, ticks=3):
+            later += lom.fill_orders(tick=tick)  # the filling server reads the same feed
+        say(f"ticks 2-4: filled {len(later)} more orders")
     finally:
         services.shutdown()
     leftover = [

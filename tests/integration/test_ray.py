@@ -125,6 +125,14 @@ def test_a_ray_server_built_with_a_dependency_follows_its_restart(ray_head: RayN
     }
 
 
+def test_streaming_methods_on_the_ray_backend(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "streams", namespace())
+    assert out["count"] == list(range(1000))
+    assert out["error"] == [[0, 1, 2, 3, 4], "failed at item 5"]
+    assert out["aio"] == [0, 1, 2, 3]
+    assert out["after_break"] is True
+
+
 def test_attach_and_a_live_owner_keeps_its_name(ray_head: RayNode) -> None:
     ns = namespace()
     owner_env = scenario_env(ray_head)

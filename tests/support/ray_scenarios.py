@@ -24,7 +24,7 @@ from rpcgen.runtime import (
     ServiceUnavailable,
 )
 from tests.support.notifiers import RecordingNotifier
-from tests.support.ray_services import Broken, Reader, Relay
+from tests.support.ray_services import Broken, RayStreams, Reader, Relay
 from tests.support.services import Echo
 from tests.support.waiting import free_port
 
@@ -213,6 +213,29 @@ def dependency(ns: str) -> dict[str, Any]:
     return out
 
 
+def streams(ns: str) -> dict[str, Any]:
+    """Streaming methods on the Ray backend: sync, asyncio, an error mid-stream, a break."""
+    client = RayStreams(ray_options=RayOptions(namespace=ns))
+    out: dict[str, Any] = {"count": list(client.server.count_rpc(1000))}
+    got: list[int] = []
+    try:
+        for item in client.server.fail_at_rpc(5):
+            got.append(item)
+    except ValueError as exc:
+        out["error"] = [got, str(exc)]
+
+    async def aio() -> list[int]:
+        return [x async for x in client._rpc_astream("acount_rpc", (4,))]
+
+    out["aio"] = asyncio.run(aio())
+    for item in client.server.ticks_rpc(0.001):
+        if item == 3:
+            break
+    out["after_break"] = client.server.pid_rpc() > 0
+    client.shutdown()
+    return out
+
+
 def tls(ns: str) -> dict[str, Any]:
     """A call through the service's actor, with everything the driver has of Ray's env."""
     c = _echo(ns)
@@ -381,6 +404,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
         unhealthy,
         handoff,
         dependency,
+        streams,
         owner,
         attach,
         start,

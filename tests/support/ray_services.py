@@ -9,6 +9,7 @@ from typing import Any
 
 from rpcgen.runtime import Address, RPCServiceBase
 from tests.support.services import Echo
+from tests.support.stream_services import StreamServer
 
 
 class RelayServer:
@@ -89,6 +90,24 @@ class Reader(_RayOnly, RPCServiceBase[ReaderServer]):
 
     def read(self, value: Any) -> dict[str, Any]:
         return self._server_proxy.read_rpc(value)
+
+
+class RayStreams(_RayOnly, RPCServiceBase[StreamServer]):
+    """The stream tests' server class, in a Ray actor."""
+
+    rpc_stream_methods = ("count_rpc", "fail_at_rpc", "ticks_rpc", "acount_rpc")
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("backend", "ray")
+        super().__init__("RayStreams", 1, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> StreamServer:
+        return StreamServer()
+
+    @property
+    def server(self) -> Any:
+        return self._server_proxy_untyped
 
 
 class NoDatabaseError(RuntimeError):

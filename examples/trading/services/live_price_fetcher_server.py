@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from rpcgen.runtime import current_call, idempotent
 
 
 def synthetic_price(symbol: str, tick: int) -> float:
@@ -33,14 +36,26 @@ class LivePriceFetcherServer:
             "requests": requests,
         }
 
+    @idempotent
     def get_price_rpc(self, symbol: str, tick: int = 0) -> float:
         """Latest price of a symbol at a tick."""
         with self._lock:
             self._requests += 1
         return synthetic_price(symbol, tick)
 
+    @idempotent
     def get_prices_rpc(self, symbols: list[str], tick: int = 0) -> dict[str, float]:
         """Prices of several symbols at a tick."""
         with self._lock:
             self._requests += len(symbols)
         return {symbol: synthetic_price(symbol, tick) for symbol in symbols}
+
+    def stream_prices_rpc(
+        self, symbols: list[str], first_tick: int = 0, ticks: int = 10, interval_s: float = 0.0
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """A live feed: (tick, prices) for ``ticks`` ticks, one every ``interval_s``."""
+        for tick in range(first_tick, first_tick + ticks):
+            yield tick, self.get_prices_rpc(symbols, tick)
+            # wakes at once if the consumer stops reading the feed (its call is cancelled)
+            if interval_s and current_call().wait_cancelled(interval_s):
+                return

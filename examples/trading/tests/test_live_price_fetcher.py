@@ -30,3 +30,12 @@ def test_prices_are_deterministic(live_price_fetcher: LivePriceFetcher) -> None:
     assert first == live_price_fetcher.get_prices(["BTCUSD", "ETHUSD"], tick=7)
     assert first["BTCUSD"] == live_price_fetcher.get_price("BTCUSD", 7)
     assert first["BTCUSD"] != live_price_fetcher.get_price("BTCUSD", 8)
+
+
+def test_stream_prices_is_a_live_feed(live_price_fetcher: LivePriceFetcher) -> None:
+    feed = list(live_price_fetcher.stream_prices(["BTCUSD"], first_tick=3, ticks=4))
+    assert [tick for tick, _ in feed] == [3, 4, 5, 6]
+    assert feed[0][1] == live_price_fetcher.get_prices(["BTCUSD"], tick=3)
+    for tick, _ in live_price_fetcher.stream_prices(["BTCUSD"], ticks=1000, interval_s=0.01):
+        if tick == 2:
+            break  # leaving the loop stops the server's feed
