@@ -86,7 +86,7 @@ class ServiceActor:
             return
         items = sync_items(result) if is_stream(result) else iter((result,))
         try:
-            for item in items:  # not `yield from`: Ray's send() must not reach the items
+            for item in items:  # noqa: UP028  (`yield from` would pass Ray's send() on)
                 yield item
         except Exception as exc:
             yield Raised(pack_exception(exc))
