@@ -38,6 +38,7 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
         "aio",
         "ray",  # measured, or one row saying it was skipped (ray not installed)
         "tls",
+        "streams",
     } <= groups
     names = {row["name"] for row in data["rows"]}
     for expected in (
@@ -55,6 +56,7 @@ def test_quick_benchmark_run_produces_every_group(tmp_path: Path) -> None:
         assert any(name.startswith(expected) for name in names), expected
     for expected in ("pinned, trivial call: rpcgen", "unpinned, trivial call: rpcgen"):
         assert expected in names
+    assert any(name.startswith("stream of 16-byte items vs") for name in names)
     assert "benchmark" in result.stdout  # the table was printed
 
 
