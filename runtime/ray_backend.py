@@ -80,6 +80,7 @@ class RayHost:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         streams: tuple[str, ...] = (),
+        idempotent: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
         self.port = port
@@ -100,6 +101,7 @@ class RayHost:
             address=address,
             methods=self.methods,
             streams=streams,
+            idempotent=idempotent,
         )
         stop_at_exit(self)
 
@@ -291,6 +293,7 @@ class RayBackend:
         self.make_server = make_server
         self.methods = settings.server_methods
         self.streams = settings.stream_methods
+        self.idempotent = settings.idempotent
         self.options = settings.ray_options or RayOptions()
         self.address = settings.ray_address
         self.start_timeout_s = settings.start_timeout_s
@@ -318,6 +321,7 @@ class RayBackend:
             address=address,
             methods=self.methods,
             streams=self.streams,
+            idempotent=self.idempotent,
         )
 
     def _use(self, proxy: RayProxy) -> None:
@@ -337,6 +341,7 @@ class RayBackend:
                 clock=self.clock,
                 sleep=self.sleep,
                 streams=self.streams,
+                idempotent=self.idempotent,
             )
         pid = host.start(self.start_timeout_s, self.shutdown_timeout_s)
         self._started(host, pid)

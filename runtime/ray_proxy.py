@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from .backend import CallsByName
+from .calls import _DEADLINE
 from .errors import CallTimeout, RemoteCallError, ServiceStopped, ServiceUnavailable
 from .poll import retry
 from .ray_actor import Raised, Refused, is_forwardable
@@ -25,6 +26,8 @@ __all__ = ["RayProxy"]
 
 #: items a Ray stream's actor runs ahead of its consumer (Ray's own backpressure)
 _STREAM_WINDOW = 1024
+#: times Ray runs an idempotent method's task again after its actor died
+_RETRIES = 3
 
 
 class RayProxy(CallsByName):
@@ -41,11 +44,14 @@ class RayProxy(CallsByName):
         handle: Any = None,
         methods: tuple[str, ...] = (),
         streams: tuple[str, ...] = (),
+        idempotent: frozenset[str] = frozenset(),
     ) -> None:
         #: server methods the actor class has as its own actor methods
         self._rpc_methods = frozenset(name for name in methods if is_forwardable(name))
         #: streaming methods: called as Ray streaming generators
         self._rpc_streams = frozenset(streams)
+        #: methods marked @idempotent: Ray runs them again on a restarted actor
+        self._rpc_idempotent = idempotent
         self._rpc_service = service
         self._rpc_namespace = namespace
         self._rpc_cluster = address
@@ -128,6 +134,9 @@ class RayProxy(CallsByName):
         kwargs: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Any:
+        if timeout_s is None:  # the current deadline()'s rest, if any
+            end = _DEADLINE.get()
+            timeout_s = None if end is None else max(end - time.monotonic(), 0.001)
         ray, handle = self._rpc_actor()
         if method in self._rpc_streams:
             return self._rpc_items(
@@ -200,8 +209,13 @@ class RayProxy(CallsByName):
             except AttributeError:  # an actor made by an older client class
                 pass
             else:
+                if method in self._rpc_idempotent:  # Ray runs it again if the actor dies
+                    bound = bound.options(max_task_retries=_RETRIES)
                 return bound.remote(*args, **(kwargs or {}))
-        return handle.rpcgen_call.remote((method, args, kwargs or {}))
+        call = handle.rpcgen_call
+        if method in self._rpc_idempotent:
+            call = call.options(max_task_retries=_RETRIES)
+        return call.remote((method, args, kwargs or {}))
 
     def _rpc_acall(
         self,

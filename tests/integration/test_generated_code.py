@@ -61,7 +61,7 @@ def test_signatures_annotations_and_imports_are_copied(trading: Path) -> None:
         "import datetime as dt",
         "from decimal import Decimal",
         "from services.models import Order",
-        "from collections.abc import Sequence",
+        "from collections.abc import AsyncIterator, Iterator, Sequence",
         "from services.models import Mode\n",  # runtime import: a default uses it
         '        side: Side = "buy",',
         "        limit: int = 10,",  # literal constant inlined
@@ -78,12 +78,17 @@ def test_signatures_annotations_and_imports_are_copied(trading: Path) -> None:
         "def bulk(self, orders: Sequence[Order]) -> int:",
         "def unannotated(self, x: Any, y: Any = 2) -> Any:",
         '        """Answer pong."""',
+        "def ticks(self, symbol: str, n: int = 3) -> Iterator[Order]:",  # a stream
+        "def ticks(self, symbol: str, n: int = 3) -> AsyncIterator[Order]:",  # its aio view
+        "return self._rpc_stream(self._rpc_server.ticks_rpc, symbol, n)",
+        "def aticks(self, n: int) -> Iterator[int]:",  # an async generator streams too
+        "async def stream(self) -> None:",  # async def: served
+        'rpc_idempotent_methods = ("count_rpc",)',
     ]
     for fragment in expected:
         assert fragment in text, fragment
     for absent in (
         "def shutdown(",
-        "def stream(",
         "_private",
         "def helper",
         "def health_check(",
@@ -96,7 +101,7 @@ def test_signatures_annotations_and_imports_are_copied(trading: Path) -> None:
 def test_skipped_methods_are_reported(trading: Path) -> None:
     notes = generate(trading, dry_run=True).plan.notes
     assert any("skipped shutdown_rpc()" in n and "clash with RPCServiceBase" in n for n in notes)
-    assert any("skipped stream_rpc(): async" in n for n in notes)
+    assert not any("stream_rpc" in n for n in notes)  # async def methods are served
 
 
 @pytest.mark.slow
@@ -164,6 +169,10 @@ try:
     assert t.bulk([Order("A", 1)]) == 1
     assert t.unannotated(7) == 7
     assert t.health_check() is True
+    assert [o.qty for o in t.ticks("X")] == [0, 1, 2]
+    assert list(t.aticks(3)) == [0, 1, 2]
+    t.stream()
+    assert t.count() == 1
 
     async def aio_calls() -> None:
         assert await t.aio.ping() == "pong"
@@ -174,6 +183,9 @@ try:
         assert await t.aio.unannotated(7) == 7
         many = await asyncio.gather(*(t.aio.unannotated(i, y=i) for i in range(200)))
         assert many == list(range(200))
+        assert [o.qty async for o in t.aio.ticks("X", 2)] == [0, 1]
+        await t.aio.stream()
+        assert await t.aio.count() == 1
 
     asyncio.run(aio_calls())
     print("ok", t.server_pid)

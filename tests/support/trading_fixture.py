@@ -32,10 +32,12 @@ import threading
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Union
 
+from rpcgen.runtime import idempotent
+
 from .models import Mode, Order
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
 DEFAULT_LIMIT = 10
 Side = Literal["buy", "sell"]
@@ -87,7 +89,22 @@ class TradingServer(Base):
         """Clashes with RPCServiceBase.shutdown: must be skipped."""
 
     async def stream_rpc(self) -> None:
-        """Async: cannot be served, must be skipped."""
+        """Async: served (the server awaits it)."""
+
+    def ticks_rpc(self, symbol: str, n: int = 3) -> Iterator[Order]:
+        """Orders as a feed."""
+        for i in range(n):
+            yield Order(symbol, i)
+
+    async def aticks_rpc(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    @idempotent
+    def count_rpc(self) -> int:
+        """How many orders (safe to repeat)."""
+        with self._lock:
+            return len(self._orders)
 
     def _private_rpc(self) -> None:
         pass
