@@ -7,6 +7,7 @@ Each behaviour the issue names, measured on the server's side too: its generator
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -179,11 +180,31 @@ def test_64_streams_on_one_asyncio_connection_alongside_unary_calls(streams: Str
         loops = streams._rpc_backend.proxy._rpc_loops
         return results[:64], results[64], len(loops.by_loop)
 
+    server = psutil.Process(streams.server_pid)
+    threads_before = server.num_threads()
     lists, pids, connections = asyncio.run(main())
     assert all(got == list(range(1000 + k)) for k, got in enumerate(lists))
     assert pids == [streams.server_pid] * 100
     assert connections == 1
     wait_until(lambda: closed(streams, "count closed") == 64, what="every generator closed")
+    # no thread left behind: the streams' threads, and the connection's, are gone
+    wait_until(lambda: server.num_threads() <= threads_before, what="the streams' threads")
+
+
+def test_cancelling_the_task_that_iterates_closes_the_stream(streams: Streams) -> None:
+    async def main() -> None:
+        async def consume() -> None:
+            async for _ in streams._rpc_astream("ticks_rpc", (0.001,)):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    wait_until(lambda: closed(streams, "ticks closed") == 1, what="the server's finally")
 
 
 def test_async_generators_and_async_break(streams: Streams) -> None:
