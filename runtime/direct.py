@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NoReturn
 
 from .backend import ServerRef
+from .oob import roundtrip
 from .remote import pack_exception, unpack_exception
 from .stream_server import is_stream, sync_items
 from .supervise import Probe, judge_health
@@ -28,7 +29,7 @@ __all__ = ["DirectBackend", "DirectProxy", "PicklingProxy"]
 
 def _roundtrip(value: Any, what: str, method: str) -> Any:
     try:
-        return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return roundtrip(value)  # large buffers copied once, as they arrive over RPC
     except Exception as exc:
         raise TypeError(
             f"{what} of {method}() cannot cross a process boundary (pickle failed: {exc}); "

@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from .calls import _DEADLINE, _SERVING, CallContext
+from .oob import loads as oob_loads
 from .remote import pack_exception
 from .stream_server import DEFAULT_WINDOW, sync_items
-from .wire import dumps, looks_big
+from .wire import Payload, dumps, looks_big
 
 __all__ = ["Dispatcher", "StreamCall"]
 
@@ -57,13 +58,13 @@ class Dispatcher:
         arrived: float,
         calls: dict[int, CallContext] | None = None,
         ident: int = 0,
-    ) -> bytes | memoryview | StreamCall:
+    ) -> Payload | StreamCall:
         """Run one pickled request; its pickled reply (never raises), or a stream."""
         reply: tuple[str, Any]
         big = False
         serving = _SERVING
         try:
-            parts = _loads(request)
+            parts = _loads(request) if request[0] else oob_loads(request)
             obj, exposed, _ = self.id_to_obj[parts[0]]
             method = parts[1]
             if method not in exposed:

@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import CallTimeout, MessageTooLarge, ServiceStopped
+from .oob import loads as oob_loads
 from .stream_aio import AsyncRemoteStream, CallFuture
 from .tls import Tls
 from .transport import OBJECT_ID
-from .wire import CONTROL, FrameReader, ProtocolError, dumps, looks_big, tagged_frame
+from .wire import CONTROL, FrameReader, Payload, ProtocolError, dumps, looks_big, tagged_frame
 
 __all__ = ["LoopConnections", "MuxClient", "MuxConnection"]
 
@@ -99,7 +100,7 @@ class MuxConnection:
     # -- calls (loop thread) -------------------------------------------------------------
 
     def request(
-        self, loop: asyncio.AbstractEventLoop, payload: bytes | memoryview, method: str
+        self, loop: asyncio.AbstractEventLoop, payload: Payload, method: str
     ) -> asyncio.Future[Any]:
         """Send one pickled request; the future gets its result or its (typed) error."""
         ident = next(self._ids)
@@ -117,9 +118,7 @@ class MuxConnection:
                 loop.call_soon(self._flush, loop)
         return future
 
-    def open_stream(
-        self, loop: asyncio.AbstractEventLoop, payload: bytes | memoryview, stream: Any
-    ) -> int:
+    def open_stream(self, loop: asyncio.AbstractEventLoop, payload: Payload, stream: Any) -> int:
         """Send a streaming call's request; its frames go to ``stream.deliver``."""
         ident = next(self._ids)
         self._streams[ident] = weakref.ref(stream)
@@ -223,7 +222,7 @@ class MuxConnection:
                 self.control(ident, _CLOSE)
             return
         try:
-            kind, value = pickle.loads(body)
+            kind, value = oob_loads(body)
         except Exception as exc:
             stream.lost(self._lost_error(stream.method, exc))
             return
@@ -406,7 +405,7 @@ class LoopConnections:
         loop: asyncio.AbstractEventLoop,
         conn: MuxConnection | None,
         method: str,
-        payload: bytes | memoryview,
+        payload: Payload,
         timeout_s: float | None,
     ) -> Any:
         if conn is None or conn.closed or conn.generation != client._rpc_generation:
@@ -489,7 +488,7 @@ def _request(
     args: tuple[Any, ...],
     kwargs: dict[str, Any] | None,
     timeout_s: float | None,
-) -> bytes | memoryview:
+) -> Payload:
     kwargs = kwargs or {}
     big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
     payload = dumps((OBJECT_ID, method, args, kwargs, (timeout_s, client._rpc_window)), big)

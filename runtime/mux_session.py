@@ -22,7 +22,7 @@ from .calls import CallContext
 from .dispatch import StreamCall
 from .stream_server import ServerStream
 from .tls import Tls, TlsStream
-from .wire import CONTROL, FrameReader, ProtocolError, Stream, tagged_frame, write_frames
+from .wire import CONTROL, FrameReader, Payload, ProtocolError, Stream, tagged_frame, write_frames
 
 if TYPE_CHECKING:
     from .serve import _RPCServer
@@ -191,7 +191,7 @@ class MuxSession:
     def _open_stream(self, ident: int, opened: StreamCall) -> None:
         """Serve a stream in a thread of its own: this worker goes back to the pool."""
 
-        def send(data: bytes | memoryview) -> None:
+        def send(data: Payload) -> None:
             if self.broken:
                 raise BrokenPipeError("the client is gone")
             self._send(tagged_frame(ident, data))

@@ -33,12 +33,21 @@ from .errors import (
     ServiceTLSError,
     ServiceUnavailable,
 )
+from .oob import loads as oob_loads
 from .replies import final_error, raise_for, unpickle_reply
 from .retry import retrying
 from .stream_client import RemoteStream
 from .tls import Tls, TlsPolicy, TlsStream
 from .transport import OBJECT_ID, Link, describe, open_connection, stream_of
-from .wire import ProtocolError, TooLarge, dumps, looks_big, recv_message, send_message
+from .wire import (
+    Payload,
+    ProtocolError,
+    TooLarge,
+    dumps,
+    looks_big,
+    recv_message,
+    send_message,
+)
 
 if TYPE_CHECKING:
     from .mux import LoopConnections
@@ -369,7 +378,7 @@ class RPCProxy(CallsByName):
         else:
             reply, holder = self._rpc_exchange(method, payload, timeout_s)
         try:
-            kind, result = _loads(reply)
+            kind, result = _loads(reply) if reply[0] else oob_loads(reply)
         except Exception:
             kind, result = unpickle_reply(self._rpc_service, method, reply)  # raises, typed
         if kind == "#RETURN":
@@ -384,7 +393,7 @@ class RPCProxy(CallsByName):
         return self._rpc_result(method, kind, result)
 
     def _rpc_exchange(
-        self, method: str, payload: bytes | memoryview, timeout_s: float | None
+        self, method: str, payload: Payload, timeout_s: float | None
     ) -> tuple[bytes | bytearray, _Holder]:
         """Send one request and read its reply: only transport errors are raised here."""
         limit = self._rpc_max_message_bytes
@@ -418,7 +427,7 @@ class RPCProxy(CallsByName):
         return reply, holder
 
     def _rpc_exchange_again(
-        self, method: str, payload: bytes | memoryview, timeout_s: float | None
+        self, method: str, payload: Payload, timeout_s: float | None
     ) -> tuple[bytes | bytearray, _Holder]:
         """:meth:`_rpc_exchange`, tried again across a lost connection (idempotent methods)."""
         end_at = time.monotonic() + (timeout_s or self._rpc_connect_timeout_s)

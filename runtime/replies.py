@@ -9,10 +9,10 @@ could not be pickled), ``#STREAM`` (a streaming method's first items), or
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 from .errors import CallTimeout, RemoteCallError, ResultNotPicklable
+from .oob import loads
 from .remote import unpack_exception
 
 __all__ = ["final_error", "raise_for"]
@@ -62,7 +62,7 @@ def final_error(
 
 def unpickle_reply(service: str, method: str, reply: bytes | bytearray) -> tuple[str, Any]:
     try:
-        kind, value = pickle.loads(reply)
+        kind, value = loads(reply)
     except Exception as exc:
         raise RemoteCallError(
             service=service,

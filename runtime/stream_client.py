@@ -22,6 +22,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import CallTimeout, ServiceUnavailable
+from .oob import loads as oob_loads
 from .stream_server import DEFAULT_WINDOW
 from .transport import stream_of
 from .wire import PROTOCOL, recv_message, send_message
@@ -157,7 +158,7 @@ class _State:
                 raise
             self.abandon()
             raise self._cut(exc) from exc
-        kind, value = pickle.loads(data)
+        kind, value = oob_loads(data)
         if kind == "#ITEMS":
             self.credit[0] += len(value)
             self.credit[1] += len(data)

@@ -41,7 +41,7 @@ from typing import Any, cast
 
 from .calls import CallContext, run_in_call, serving
 from .remote import pack_exception
-from .wire import ProtocolError, Stream, dumps, looks_big, recv_message
+from .wire import Payload, ProtocolError, Stream, dumps, looks_big, recv_message
 
 __all__ = ["DEFAULT_WINDOW", "ServerStream", "is_stream", "sync_items"]
 
@@ -89,7 +89,7 @@ class ServerStream:
         self,
         items: Iterator[Any],
         call: CallContext,
-        send: Callable[[bytes | memoryview], None],
+        send: Callable[[Payload], None],
         *,
         window: tuple[int, int] = DEFAULT_WINDOW,
         control: Stream | None = None,
@@ -195,7 +195,7 @@ class ServerStream:
         if messages[-1][0] != "#STREAM":
             self._await_done()
 
-    def _dump(self, message: tuple[str, Any]) -> bytes | memoryview:
+    def _dump(self, message: tuple[str, Any]) -> Payload:
         try:
             return dumps(message, looks_big(message[1]) if message[0] != "#RAISED" else False)
         except Exception as exc:

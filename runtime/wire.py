@@ -8,7 +8,6 @@ BytesIO. A cheap look at the top-level values picks the path.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import struct
@@ -16,12 +15,14 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
+from .oob import OutOfBand, dumps_oob, dumps_small
 
 __all__ = [
     "CONTROL",
     "PROTOCOL",
     "Channel",
     "FrameReader",
+    "Payload",
     "ProtocolError",
     "TooLarge",
     "dumps",
@@ -87,12 +88,14 @@ def looks_big(values: Iterable[Any]) -> bool:
     return False
 
 
-def dumps(obj: Any, big: bool) -> bytes | memoryview:
-    if big:
-        buffer = io.BytesIO()
-        pickle.Pickler(buffer, PROTOCOL).dump(obj)
-        return buffer.getbuffer()
-    return pickle.dumps(obj, PROTOCOL)
+#: a message: pickled bytes, or a pickle with its large buffers beside it (see .oob)
+Payload = bytes | memoryview | OutOfBand
+
+
+def dumps(obj: Any, big: bool) -> Payload:
+    if big:  # written through a BytesIO, large buffers kept out of the pickle
+        return dumps_oob(obj, PROTOCOL)
+    return dumps_small(obj, PROTOCOL)
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -151,8 +154,12 @@ def message_bounds(buffer: bytes | bytearray, max_bytes: int) -> tuple[int, int]
     return start, start + n
 
 
-def send_message(fd: Stream, data: bytes | memoryview) -> None:
+def send_message(fd: Stream, data: Payload) -> None:
     n = len(data)
+    if isinstance(data, OutOfBand):  # header and pieces in one writev, the buffers uncopied
+        head = _HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _LONG.pack(n)
+        write_frames(fd, [head, *data.pieces()])
+        return
     if not isinstance(fd, int):
         if n <= _SMALL:
             fd.write(_HEADER.pack(n) + data)
@@ -262,14 +269,18 @@ class TooLarge(ProtocolError):
         super().__init__(f"a message of {size} bytes is over the limit of {limit}")
 
 
-def tagged_frame(ident: int, body: bytes | memoryview) -> list[bytes | memoryview]:
+def tagged_frame(ident: int, body: Payload) -> list[bytes | memoryview]:
     """The pieces of one tagged frame (header, then the pickle, not copied)."""
     n = len(body) + _ID.size
-    if n > 0x7FFFFFFF:
-        return [_HEADER.pack(-1) + _LONG.pack(n) + _ID.pack(ident), body]
-    if n <= _SMALL:
+    if isinstance(body, OutOfBand):
+        pieces = body.pieces()
+    elif n <= _SMALL:
         return [_HEADER.pack(n) + _ID.pack(ident) + body]
-    return [_HEADER.pack(n) + _ID.pack(ident), body]
+    else:
+        pieces = [body]
+    if n > 0x7FFFFFFF:
+        return [_HEADER.pack(-1) + _LONG.pack(n) + _ID.pack(ident), *pieces]
+    return [_HEADER.pack(n) + _ID.pack(ident), *pieces]
 
 
 def write_frames(fd: Stream, pieces: list[bytes | memoryview]) -> None:

@@ -171,3 +171,55 @@ def stream_in_child(port: int, pause_s: float) -> None:
     client = Streams.attach(port=port, service_name="Streams")
     for _ in client.server.ticks_rpc(pause_s):
         pass
+
+
+class BufferServer:
+    """Keeps what it is sent, so tests can see that copies are copies."""
+
+    def __init__(self) -> None:
+        self.kept: Any = None
+
+    def health_check_rpc(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def echo_rpc(self, value: Any) -> Any:
+        return value
+
+    def keep_rpc(self, value: Any) -> None:
+        self.kept = value
+
+    def kept_rpc(self) -> Any:
+        return self.kept
+
+    def scribble_rpc(self, array: Any) -> Any:
+        """Change the array it got, in place, and send it back."""
+        array[:] = 7
+        return array
+
+    def arrays_rpc(self, n: int, size: int) -> Iterator[Any]:
+        import numpy
+
+        for i in range(n):
+            yield numpy.full(size, i % 256, dtype=numpy.uint8)
+
+
+def serve_buffers(address: Address, authkey: bytes, ready: ReadySignal) -> None:
+    serve_rpc(BufferServer, address, authkey, ready, service_name="Buffers")
+
+
+class Buffers(RPCServiceBase[BufferServer]):
+    def __init__(self, port: int, **kwargs: Any) -> None:
+        super().__init__("Buffers", port, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> BufferServer:
+        return BufferServer()
+
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: ReadySignal
+    ) -> BaseProcess:
+        return self._launch_server_process(serve_buffers, address, authkey, server_ready)
+
+    @property
+    def server(self) -> Any:
+        return self._server_proxy_untyped

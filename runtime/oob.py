@@ -1,0 +1,157 @@
+"""Large buffers outside the pickle stream (pickle protocol 5, PEP 574).
+
+A message whose pickle would carry buffers of 64 KiB or more (numpy arrays,
+``bytearray``, ``PickleBuffer``, anything whose ``__reduce_ex__(5)`` offers one)
+is sent as ``[0x00][count][lengths][pickle][buffer]...``: the buffers go to the
+socket straight from the sender's memory (one ``writev``, no copy into the
+pickle), and the receiver unpickles with ``buffers=`` slices of the one
+``bytearray`` the message was read into, so a numpy array arrives as a writable
+view of that memory: one copy in all, the kernel's. A plain pickle never starts
+with 0x00, so both kinds share a connection.
+
+``bytes`` and ``str`` have no out-of-band form in pickle 5: they stay in the
+pickle (the large-message path writes them into it with one copy).
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import pickle
+import struct
+from typing import Any
+
+__all__ = ["OOB_MIN_BYTES", "OutOfBand", "dumps_oob", "dumps_small", "loads", "roundtrip"]
+
+#: buffers at least this large travel outside the pickle
+OOB_MIN_BYTES = 1 << 16
+_MARK = 0
+_COUNT = struct.Struct("!BI")
+
+
+class _Large(Exception):
+    """A buffer too large for the pickle stream turned up: pickle again, out of band."""
+
+
+def _small_only(buffer: pickle.PickleBuffer) -> bool:
+    try:
+        size = buffer.raw().nbytes
+    except BufferError:
+        return True
+    if size >= OOB_MIN_BYTES:
+        raise _Large
+    return True
+
+
+def dumps_small(obj: Any, protocol: int) -> bytes | memoryview | OutOfBand:
+    """The fast path for a message that looked small; a large buffer nested anywhere in
+    it (an array in a dict, in a dataclass) still goes out of band, and a memoryview
+    (which plain pickle refuses) is sent as its buffer."""
+    try:
+        return pickle.dumps(obj, protocol, buffer_callback=_small_only)
+    except (_Large, TypeError):
+        return dumps_oob(obj, protocol)  # a TypeError that is not a memoryview's: raised again
+
+
+def _memoryview_of(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(buffer)
+    return view if (fmt, shape) == ("B", (view.nbytes,)) else view.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
+
+
+def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    data: Any = pickle.PickleBuffer(view) if view.contiguous else view.tobytes()
+    return (_memoryview_of, (data, view.format, view.shape))
+
+
+_DISPATCH = copyreg.dispatch_table.copy()
+_DISPATCH[memoryview] = _reduce_memoryview
+
+
+def _pickler(out: io.BytesIO, protocol: int, callback: Any) -> pickle.Pickler:
+    pickler = pickle.Pickler(out, max(protocol, 5), buffer_callback=callback)
+    pickler.dispatch_table = _DISPATCH
+    return pickler
+
+
+class OutOfBand:
+    """A message with out-of-band buffers: its pieces, written with one ``writev``."""
+
+    __slots__ = ("buffers", "head", "pickle", "size")
+
+    def __init__(self, data: bytes | memoryview, buffers: list[memoryview]) -> None:
+        self.pickle = data
+        self.buffers = buffers
+        lengths = [len(data), *(b.nbytes for b in buffers)]
+        self.head = _COUNT.pack(_MARK, len(buffers)) + struct.pack(f"!{len(lengths)}Q", *lengths)
+        self.size = len(self.head) + sum(lengths)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def pieces(self) -> list[bytes | memoryview]:
+        return [self.head, self.pickle, *self.buffers]
+
+
+def dumps_oob(
+    obj: Any, protocol: int, min_bytes: int | None = None
+) -> bytes | memoryview | OutOfBand:
+    """``obj`` pickled, its large contiguous buffers kept out of the stream."""
+    threshold = OOB_MIN_BYTES if min_bytes is None else min_bytes
+    buffers: list[memoryview] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()  # contiguous only; anything else stays in the pickle
+        except BufferError:
+            return True
+        if raw.nbytes < threshold:
+            return True
+        buffers.append(raw)
+        return False
+
+    out = io.BytesIO()
+    _pickler(out, protocol, keep).dump(obj)
+    data = out.getbuffer()
+    return OutOfBand(data, buffers) if buffers else data
+
+
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    """Unpickle a message, plain or with out-of-band buffers (views of ``data``).
+
+    A malformed header (lengths that do not add up) is a ``ValueError``.
+    """
+    if not data or data[0] != _MARK:
+        return pickle.loads(data)
+    if len(data) < _COUNT.size:
+        raise ValueError("truncated out-of-band header")
+    _, count = _COUNT.unpack_from(data, 0)
+    start = _COUNT.size + 8 * (count + 1)
+    if count > 1 << 20 or len(data) < start:
+        raise ValueError("bad out-of-band header")
+    lengths = struct.unpack_from(f"!{count + 1}Q", data, _COUNT.size)
+    if start + sum(lengths) != len(data):
+        raise ValueError("out-of-band lengths do not match the message")
+    view = memoryview(data)
+    end = start + lengths[0]
+    buffers = []
+    for length in lengths[1:]:
+        buffers.append(view[end : end + length])
+        end += length
+    return pickle.loads(view[start : start + lengths[0]], buffers=buffers)
+
+
+def roundtrip(value: Any) -> Any:
+    """``value`` as it would arrive from another process: pickled, its large buffers
+    copied once (not twice), so the copy shares no memory with the original."""
+    copies: list[bytearray] = []
+
+    def copy(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            copies.append(bytearray(buffer.raw()))
+        except BufferError:
+            return True  # not contiguous: in the pickle, as ever
+        return False
+
+    out = io.BytesIO()
+    _pickler(out, 5, copy).dump(value)
+    return pickle.loads(out.getbuffer(), buffers=copies)
