@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import aio, calls, generator, lifecycle, peers, ray, registry, sharing, streams, tls
+from . import aio, calls, generator, large, lifecycle, peers, ray, registry, sharing, streams, tls
 from ._util import Row
 
 GROUPS = {
@@ -24,6 +24,7 @@ GROUPS = {
     "ray": ray.run,
     "tls": tls.run,
     "streams": streams.run,
+    "large": large.run,
 }
 
 

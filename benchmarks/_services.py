@@ -98,3 +98,19 @@ class StreamBenchClient(RPCServiceBase[StreamBenchServer]):
 
     def item(self, size: int) -> bytes:
         return self._server_proxy.item_rpc(size)
+
+
+def serve_bench_in_band(address: Address, authkey: bytes, ready: Any) -> None:
+    """The benchmark's server with every buffer kept in the pickle (the path before
+    out-of-band buffers), for the same-run comparison."""
+    from rpcgen.runtime import oob
+
+    oob.OOB_MIN_BYTES = 1 << 62
+    serve_rpc(BenchServer, address, authkey, ready, service_name="BenchInBand")
+
+
+class InBandBenchClient(BenchClient):
+    def _start_server_process(
+        self, address: Address, authkey: bytes, server_ready: Any
+    ) -> BaseProcess:
+        return self._launch_server_process(serve_bench_in_band, address, authkey, server_ready)

@@ -27,7 +27,7 @@ from .calls import _DEADLINE, _SERVING, CallContext
 from .oob import loads as oob_loads
 from .remote import pack_exception
 from .stream_server import DEFAULT_WINDOW, sync_items
-from .wire import Payload, dumps, looks_big
+from .wire import Payload, Received, dumps, looks_big
 
 __all__ = ["Dispatcher", "StreamCall"]
 
@@ -54,7 +54,7 @@ class Dispatcher:
 
     def answer(
         self,
-        request: bytes | bytearray,
+        request: Received,
         arrived: float,
         calls: dict[int, CallContext] | None = None,
         ident: int = 0,

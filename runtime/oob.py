@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copyreg
 import io
+import mmap
 import pickle
 import struct
 from typing import Any
@@ -115,7 +116,7 @@ def dumps_oob(
     return OutOfBand(data, buffers) if buffers else data
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
+def loads(data: bytes | bytearray | memoryview | mmap.mmap) -> Any:
     """Unpickle a message, plain or with out-of-band buffers (views of ``data``).
 
     A malformed header (lengths that do not add up) is a ``ValueError``.

@@ -42,6 +42,7 @@ from .transport import OBJECT_ID, Link, describe, open_connection, stream_of
 from .wire import (
     Payload,
     ProtocolError,
+    Received,
     TooLarge,
     dumps,
     looks_big,
@@ -394,7 +395,7 @@ class RPCProxy(CallsByName):
 
     def _rpc_exchange(
         self, method: str, payload: Payload, timeout_s: float | None
-    ) -> tuple[bytes | bytearray, _Holder]:
+    ) -> tuple[Received, _Holder]:
         """Send one request and read its reply: only transport errors are raised here."""
         limit = self._rpc_max_message_bytes
         holder = self._rpc_holder(timeout_s=timeout_s)
@@ -428,7 +429,7 @@ class RPCProxy(CallsByName):
 
     def _rpc_exchange_again(
         self, method: str, payload: Payload, timeout_s: float | None
-    ) -> tuple[bytes | bytearray, _Holder]:
+    ) -> tuple[Received, _Holder]:
         """:meth:`_rpc_exchange`, tried again across a lost connection (idempotent methods)."""
         end_at = time.monotonic() + (timeout_s or self._rpc_connect_timeout_s)
         return retrying(

@@ -14,6 +14,7 @@ from typing import Any
 from .errors import CallTimeout, RemoteCallError, ResultNotPicklable
 from .oob import loads
 from .remote import unpack_exception
+from .wire import Received
 
 __all__ = ["final_error", "raise_for"]
 
@@ -60,7 +61,7 @@ def final_error(
     return RemoteCallError(service=service, method=method, remote_traceback=str(value))
 
 
-def unpickle_reply(service: str, method: str, reply: bytes | bytearray) -> tuple[str, Any]:
+def unpickle_reply(service: str, method: str, reply: Received) -> tuple[str, Any]:
     try:
         kind, value = loads(reply)
     except Exception as exc:

@@ -8,6 +8,7 @@ BytesIO. A cheap look at the top-level values picks the path.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import struct
@@ -24,6 +25,7 @@ __all__ = [
     "FrameReader",
     "Payload",
     "ProtocolError",
+    "Received",
     "TooLarge",
     "dumps",
     "looks_big",
@@ -88,6 +90,8 @@ def looks_big(values: Iterable[Any]) -> bool:
     return False
 
 
+#: a message as read: small ones as bytes, large ones in a buffer of their own
+Received = bytes | bytearray | mmap.mmap
 #: a message: pickled bytes, or a pickle with its large buffers beside it (see .oob)
 Payload = bytes | memoryview | OutOfBand
 
@@ -109,6 +113,8 @@ _SMALL = 16384
 # A large message's buffer starts at this size and doubles as its bytes arrive: a peer
 # that declares a size it never sends costs nothing (realloc grows it in place).
 _FIRST = 1 << 20
+# From this size a message is read into anonymous mapped memory of its full size.
+_MAPPED = 1 << 20
 
 
 class Channel(Protocol):
@@ -189,7 +195,7 @@ def write_all(fd: Stream, data: bytes | memoryview) -> None:
             sent += os.write(fd, view[sent:])
 
 
-def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes | bytearray:
+def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Received:
     """One message's bytes; EOFError when the peer closed the connection.
 
     :class:`ProtocolError` for a message over ``max_bytes`` (nothing is allocated for it).
@@ -209,6 +215,8 @@ def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
     if n <= _SMALL:
         data = os.read(fd, n)
         return data if len(data) == n else _read_rest(fd, data, n)
+    if n >= _MAPPED:
+        return _read_mapped(fd, n)
     buffer = bytearray(min(n, _FIRST))
     got = 0
     while True:
@@ -222,6 +230,25 @@ def recv_message(fd: Stream, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> byte
         if got == n:
             return buffer
         buffer.extend(bytes(min(len(buffer), n - len(buffer))))
+
+
+def _read_mapped(fd: int, n: int) -> mmap.mmap:
+    """A large message, read straight into anonymous memory of its full size: the pages
+    exist only as bytes arrive (a peer that declares a size it never sends costs no
+    memory), and the message is never moved or copied to grow. Out-of-band buffers
+    arrive as views of it (see .oob)."""
+    buffer = mmap.mmap(-1, n)
+    view = memoryview(buffer)
+    try:
+        got = 0
+        while got < n:
+            k = os.readv(fd, [view[got:]])
+            if k == 0:
+                raise EOFError("connection closed mid-message")
+            got += k
+    finally:
+        view.release()
+    return buffer
 
 
 def read_exactly(fd: Stream, n: int) -> bytes:
