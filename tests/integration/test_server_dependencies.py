@@ -103,8 +103,10 @@ def test_two_instances_each_server_gets_its_own_and_attach_asks_for_a_port(
     assert (own["first"], own["second"]) == ("first instance", "second instance")
     assert own["first_index"] == own["first_pid"] != own["second_index"] == own["second_pid"]
     by_name = steps["attach by name"]
-    assert [port for port, _ in by_name["found"]] == by_name["ports"]
-    assert "2 services named 'DocIndex' run here" in by_name["error"]
+    # ours, and any other test's DocIndex running meanwhile (tests run in parallel)
+    found = {port for port, _ in by_name["found"]}
+    assert set(by_name["ports"]) <= found
+    assert f"{len(found)} services named 'DocIndex' run here" in by_name["error"]
     assert "pass port= to choose one" in by_name["error"]
     assert steps["attach by port"]["text"] == "second instance"
 
