@@ -22,7 +22,16 @@ import pickle
 import struct
 from typing import Any
 
-__all__ = ["OOB_MIN_BYTES", "OutOfBand", "dumps_oob", "dumps_small", "loads", "roundtrip"]
+__all__ = [
+    "OOB_MIN_BYTES",
+    "LargeBuffer",
+    "OutOfBand",
+    "dumps_oob",
+    "dumps_small",
+    "loads",
+    "roundtrip",
+    "small_only",
+]
 
 #: buffers at least this large travel outside the pickle
 OOB_MIN_BYTES = 1 << 16
@@ -30,17 +39,19 @@ _MARK = 0
 _COUNT = struct.Struct("!BI")
 
 
-class _Large(Exception):
+class LargeBuffer(Exception):
     """A buffer too large for the pickle stream turned up: pickle again, out of band."""
 
 
-def _small_only(buffer: pickle.PickleBuffer) -> bool:
+def small_only(buffer: pickle.PickleBuffer) -> bool:
+    """The small path's buffer callback: in the pickle, unless it is large (then
+    :class:`LargeBuffer`: pickle again, out of band)."""
     try:
         size = buffer.raw().nbytes
     except BufferError:
         return True
     if size >= OOB_MIN_BYTES:
-        raise _Large
+        raise LargeBuffer
     return True
 
 
@@ -49,8 +60,8 @@ def dumps_small(obj: Any, protocol: int) -> bytes | memoryview | OutOfBand:
     it (an array in a dict, in a dataclass) still goes out of band, and a memoryview
     (which plain pickle refuses) is sent as its buffer."""
     try:
-        return pickle.dumps(obj, protocol, buffer_callback=_small_only)
-    except (_Large, TypeError):
+        return pickle.dumps(obj, protocol, buffer_callback=small_only)
+    except (LargeBuffer, TypeError):
         return dumps_oob(obj, protocol)  # a TypeError that is not a memoryview's: raised again
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
-from .oob import OutOfBand, dumps_oob, dumps_small
+from .oob import LargeBuffer, OutOfBand, dumps_oob, small_only
 
 __all__ = [
     "CONTROL",
@@ -99,7 +99,10 @@ Payload = bytes | memoryview | OutOfBand
 def dumps(obj: Any, big: bool) -> Payload:
     if big:  # written through a BytesIO, large buffers kept out of the pickle
         return dumps_oob(obj, PROTOCOL)
-    return dumps_small(obj, PROTOCOL)
+    try:  # a large buffer nested anywhere still goes out of band (see .oob.dumps_small)
+        return pickle.dumps(obj, PROTOCOL, buffer_callback=small_only)
+    except (TypeError, LargeBuffer):
+        return dumps_oob(obj, PROTOCOL)
 
 
 # -- framing ------------------------------------------------------------------------------
