@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .announce import ReadySignal
 from .backend import Backend
@@ -24,7 +24,10 @@ from .lifecycle import Lifecycle
 from .process_backend import ProcessBackend
 from .settings import ServiceSettings
 
-__all__ = ["ClientHooks", "make_backend"]
+if TYPE_CHECKING:
+    from .service import RPCServiceBase
+
+__all__ = ["ClientHooks", "direct_server", "make_backend"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,21 @@ def make_backend(
         clock=clock,
         sleep=sleep,
     )
+
+
+def direct_server(
+    cls: type[RPCServiceBase[Any]],
+    service: str,
+    port: int,
+    dependencies: Mapping[str, RPCServiceBase[Any]] | None = None,
+) -> Any:
+    """The server object, made as in direct mode: what a Ray actor serves.
+
+    Module level, so that Ray can send it to the actor's worker. ``dependencies``:
+    the clients the server uses (``rpc_server_dependencies``), which reach the
+    worker pickled, as clients that follow their servers.
+    """
+    bare = cls._rpc_bare(service, port, running_unit_tests=True)
+    for attr, client in (dependencies or {}).items():
+        setattr(bare, attr, client)
+    return bare._create_direct_server()

@@ -27,14 +27,13 @@ from .constants import DEFAULT_MAX_MESSAGE_BYTES
 from .endpoint import Address
 from .errors import (
     CallTimeout,
-    MessageTooLarge,
     ServiceAuthenticationError,
     ServiceStopped,
     ServiceTLSError,
     ServiceUnavailable,
 )
 from .oob import loads as oob_loads
-from .replies import final_error, raise_for, unpickle_reply
+from .replies import ReplyErrors, unpickle_reply
 from .retry import retrying
 from .stream_client import RemoteStream
 from .tls import Tls, TlsPolicy, TlsStream
@@ -108,7 +107,7 @@ def _reset_proxies_in_child() -> None:
 os.register_at_fork(after_in_child=_reset_proxies_in_child)
 
 
-class RPCProxy(CallsByName):
+class RPCProxy(CallsByName, ReplyErrors):
     """Calls methods of the served object: ``proxy.method(*args, **kwargs)``.
 
     Safe to share between threads: each thread gets its own connection, opened on
@@ -505,44 +504,6 @@ class RPCProxy(CallsByName):
                     self._rpc_loops = LoopConnections()
                 loops = self._rpc_loops
         return loops
-
-    def _rpc_too_large(self, what: str, size: int) -> MessageTooLarge:
-        return MessageTooLarge(
-            service=self._rpc_service, what=what, size=size, limit=self._rpc_max_message_bytes
-        )
-
-    def _rpc_call_timeout(self, method: str, timeout_s: float) -> CallTimeout:
-        host, port = describe(self._rpc_address)
-        return CallTimeout(
-            service=self._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
-        )
-
-    def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception:
-        """The typed error for a call whose connection failed (``exc``; None: EOF)."""
-        if self._rpc_closed:
-            return ServiceStopped(service=self._rpc_service)
-        host, port = describe(self._rpc_address)
-        if exc is None or isinstance(exc, EOFError):
-            reason = "connection closed by the server"
-        else:
-            reason = repr(exc)
-        return ServiceUnavailable(
-            service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"
-        )
-
-    def _rpc_decode(self, method: str, reply: bytes | bytearray) -> Any:
-        """The result in a pickled reply, or its exception raised."""
-        kind, result = unpickle_reply(self._rpc_service, method, reply)
-        if kind == "#RETURN":
-            return result
-        return self._rpc_result(method, kind, result)
-
-    def _rpc_result(self, method: str, kind: str, result: Any) -> Any:
-        """A reply that is not a plain result: raise what it says."""
-        return raise_for(self._rpc_service, describe(self._rpc_address), method, kind, result)
-
-    def _rpc_final_error(self, method: str, kind: str, value: Any) -> BaseException | None:
-        return final_error(self._rpc_service, describe(self._rpc_address), method, kind, value)
 
     def _rpc_timeout(self, method: str, timeout_s: float | None) -> float | None:
         """A call's timeout: its own, else the current deadline's rest, else the client's."""

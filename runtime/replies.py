@@ -11,12 +11,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import CallTimeout, RemoteCallError, ResultNotPicklable
+from .endpoint import Address
+from .errors import (
+    CallTimeout,
+    MessageTooLarge,
+    RemoteCallError,
+    ResultNotPicklable,
+    ServiceStopped,
+    ServiceUnavailable,
+)
 from .oob import loads
 from .remote import unpack_exception
+from .transport import describe
 from .wire import Received
 
-__all__ = ["final_error", "raise_for"]
+__all__ = ["ReplyErrors", "final_error", "raise_for", "unpickle_reply"]
 
 
 def raise_for(
@@ -71,3 +80,51 @@ def unpickle_reply(service: str, method: str, reply: Received) -> tuple[str, Any
             remote_traceback=f"the reply could not be unpickled here: {exc!r}",
         ) from exc
     return kind, value
+
+
+class ReplyErrors:
+    """The typed errors of one service's calls, and what its replies mean: the part of
+    a proxy (:class:`~rpcgen.runtime.proxy.RPCProxy`) that only builds errors."""
+
+    _rpc_service: str
+    _rpc_address: Address
+    _rpc_max_message_bytes: int
+    _rpc_closed: bool
+
+    def _rpc_too_large(self, what: str, size: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            service=self._rpc_service, what=what, size=size, limit=self._rpc_max_message_bytes
+        )
+
+    def _rpc_call_timeout(self, method: str, timeout_s: float) -> CallTimeout:
+        host, port = describe(self._rpc_address)
+        return CallTimeout(
+            service=self._rpc_service, host=host, port=port, method=method, timeout_s=timeout_s
+        )
+
+    def _rpc_transport_error(self, method: str, exc: BaseException | None) -> Exception:
+        """The typed error for a call whose connection failed (``exc``; None: EOF)."""
+        if self._rpc_closed:
+            return ServiceStopped(service=self._rpc_service)
+        host, port = describe(self._rpc_address)
+        if exc is None or isinstance(exc, EOFError):
+            reason = "connection closed by the server"
+        else:
+            reason = repr(exc)
+        return ServiceUnavailable(
+            service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"
+        )
+
+    def _rpc_decode(self, method: str, reply: bytes | bytearray) -> Any:
+        """The result in a pickled reply, or its exception raised."""
+        kind, result = unpickle_reply(self._rpc_service, method, reply)
+        if kind == "#RETURN":
+            return result
+        return self._rpc_result(method, kind, result)
+
+    def _rpc_result(self, method: str, kind: str, result: Any) -> Any:
+        """A reply that is not a plain result: raise what it says."""
+        return raise_for(self._rpc_service, describe(self._rpc_address), method, kind, result)
+
+    def _rpc_final_error(self, method: str, kind: str, value: Any) -> BaseException | None:
+        return final_error(self._rpc_service, describe(self._rpc_address), method, kind, value)

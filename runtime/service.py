@@ -21,7 +21,7 @@ import os
 import ssl
 import time
 from abc import ABCMeta, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar, cast
 from .aio import AsyncView
 from .announce import ReadySignal
 from .backend import Backend
-from .backends import ClientHooks, make_backend
+from .backends import ClientHooks, direct_server, make_backend
 from .constants import (
     DEFAULT_HANDSHAKE_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT_CALLS,
@@ -56,24 +56,6 @@ __all__ = ["RPCServiceBase", "ServiceState"]
 ServerT = TypeVar("ServerT")
 _R = TypeVar("_R")
 _Service = TypeVar("_Service", bound="RPCServiceBase[Any]")
-
-
-def _direct_server(
-    cls: type[RPCServiceBase[Any]],
-    service: str,
-    port: int,
-    dependencies: Mapping[str, RPCServiceBase[Any]] | None = None,
-) -> Any:
-    """The server object, made as in direct mode: what a Ray actor serves.
-
-    Module level, so that Ray can send it to the actor's worker. ``dependencies``:
-    the clients the server uses (``rpc_server_dependencies``), which reach the
-    worker pickled, as clients that follow their servers.
-    """
-    bare = cls._rpc_bare(service, port, running_unit_tests=True)
-    for attr, client in (dependencies or {}).items():
-        setattr(bare, attr, client)
-    return bare._create_direct_server()
 
 
 _UNSET: Any = object()
@@ -262,7 +244,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             create_direct_server=weakly(self._create_direct_server),
             start_server_process=weakly(self._start_server_process),
             make_server_elsewhere=functools.partial(
-                _direct_server,
+                direct_server,
                 type(self),
                 self.service_name,
                 self.port,
