@@ -133,6 +133,12 @@ def test_streaming_methods_on_the_ray_backend(ray_head: RayNode) -> None:
     assert out["after_break"] is True
 
 
+def test_large_arrays_go_through_rays_object_store_read_only(ray_head: RayNode) -> None:
+    out = run_scenario(ray_head, "arrays", namespace())
+    # what Ray users expect: zero-copy from the object store, so read-only on both ends
+    assert out == {"server_sees_writable": False, "equal": True, "result_writable": False}
+
+
 def test_attach_and_a_live_owner_keeps_its_name(ray_head: RayNode) -> None:
     ns = namespace()
     owner_env = scenario_env(ray_head)

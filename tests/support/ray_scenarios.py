@@ -24,7 +24,7 @@ from rpcgen.runtime import (
     ServiceUnavailable,
 )
 from tests.support.notifiers import RecordingNotifier
-from tests.support.ray_services import Broken, RayStreams, Reader, Relay
+from tests.support.ray_services import Broken, RayBuffers, RayStreams, Reader, Relay
 from tests.support.services import Echo
 from tests.support.waiting import free_port
 
@@ -236,6 +236,22 @@ def streams(ns: str) -> dict[str, Any]:
     return out
 
 
+def arrays(ns: str) -> dict[str, Any]:
+    """Large numpy arrays on the Ray backend: through Ray's object store, read-only."""
+    import numpy
+
+    client = RayBuffers(ray_options=RayOptions(namespace=ns))
+    array = numpy.arange(4 << 20, dtype=numpy.uint8)
+    echoed = client.server.echo_rpc(array)
+    out = {
+        "server_sees_writable": client.server.writable_rpc(array),
+        "equal": bool(numpy.array_equal(echoed, array)),
+        "result_writable": bool(echoed.flags.writeable),
+    }
+    client.shutdown()
+    return out
+
+
 def tls(ns: str) -> dict[str, Any]:
     """A call through the service's actor, with everything the driver has of Ray's env."""
     c = _echo(ns)
@@ -405,6 +421,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
         handoff,
         dependency,
         streams,
+        arrays,
         owner,
         attach,
         start,

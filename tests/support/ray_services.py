@@ -9,7 +9,7 @@ from typing import Any
 
 from rpcgen.runtime import Address, RPCServiceBase
 from tests.support.services import Echo
-from tests.support.stream_services import StreamServer
+from tests.support.stream_services import BufferServer, StreamServer
 
 
 class RelayServer:
@@ -104,6 +104,22 @@ class RayStreams(_RayOnly, RPCServiceBase[StreamServer]):
 
     def _create_direct_server(self) -> StreamServer:
         return StreamServer()
+
+    @property
+    def server(self) -> Any:
+        return self._server_proxy_untyped
+
+
+class RayBuffers(_RayOnly, RPCServiceBase[BufferServer]):
+    """The large-data tests' server class, in a Ray actor."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("backend", "ray")
+        super().__init__("RayBuffers", 1, **kwargs)
+        self._initialize_service()
+
+    def _create_direct_server(self) -> BufferServer:
+        return BufferServer()
 
     @property
     def server(self) -> Any:

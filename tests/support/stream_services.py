@@ -191,6 +191,9 @@ class BufferServer:
     def kept_rpc(self) -> Any:
         return self.kept
 
+    def writable_rpc(self, array: Any) -> bool:
+        return bool(array.flags.writeable)
+
     def scribble_rpc(self, array: Any) -> Any:
         """Change the array it got, in place, and send it back."""
         array[:] = 7
