@@ -31,7 +31,8 @@ def serve_connection(address: tuple[str, int], authkey: bytes, ready: Any) -> No
         threading.Thread(target=handle, args=(listener.accept(),), daemon=True).start()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_into_new(sock: socket.socket, n: int) -> bytearray:
+    """``n`` bytes read straight into a new buffer (EOFError if the peer closes first)."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -40,7 +41,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         if k == 0:
             raise EOFError
         got += k
-    return bytes(buf)
+    return buf
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    return bytes(recv_into_new(sock, n))
 
 
 def serve_tcp(address: tuple[str, int], ready: Any) -> None:

@@ -5,6 +5,7 @@ interleaved in rounds. Needs root (``ip netns``); without it the rows are left o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._netns import veth_hosts
+from ._raw import recv_into_new
 from ._services import BenchClient
 from ._util import Row
 
@@ -37,29 +39,12 @@ def _raw_server(host: str, port: int) -> None:
 
 
 def _echo(conn: socket.socket) -> None:
-    with conn:
+    with conn, contextlib.suppress(EOFError):
         while True:
-            head = _exactly(conn, 8)
-            if head is None:
-                return
-            (n,) = struct.unpack("!Q", head)
-            body = _exactly(conn, n)
-            if body is None:
-                return
+            head = recv_into_new(conn, 8)
+            body = recv_into_new(conn, struct.unpack("!Q", head)[0])
             conn.sendall(head)
             conn.sendall(body)
-
-
-def _exactly(conn: socket.socket, n: int) -> bytearray | None:
-    buffer = bytearray(n)
-    view = memoryview(buffer)
-    got = 0
-    while got < n:
-        k = conn.recv_into(view[got:])
-        if k == 0:
-            return None
-        got += k
-    return buffer
 
 
 def _in(ns: str, *args: str) -> list[str]:
@@ -150,10 +135,8 @@ def _measure(host: str, key: str, sizes: list[int], quick: bool) -> dict[str, fl
         def raw_echo(data: memoryview = data) -> None:
             raw.sendall(struct.pack("!Q", data.nbytes))
             raw.sendall(data)
-            head = _exactly(raw, 8)
-            assert head is not None
-            body = _exactly(raw, struct.unpack("!Q", head)[0])
-            assert body is not None
+            head = recv_into_new(raw, 8)
+            recv_into_new(raw, struct.unpack("!Q", head)[0])
 
         variants: dict[str, Callable[[], Any]] = {
             f"raw {mb}": raw_echo,

@@ -23,10 +23,10 @@ import types
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from .calls import _DEADLINE, _SERVING, CallContext
+from .calls import _CURRENT, _DEADLINE, _SERVING, CallContext
 from .oob import loads as oob_loads
 from .remote import pack_exception
-from .stream_server import DEFAULT_WINDOW, sync_items
+from .stream_server import DEFAULT_WINDOW, STREAM_TYPES, sync_items
 from .wire import Payload, Received, dumps, looks_big
 
 __all__ = ["Dispatcher", "StreamCall"]
@@ -79,20 +79,19 @@ class Dispatcher:
             if timeout_s is None and calls is None:
                 call = method  # made into a CallContext only if the method asks for it
             else:
-                call = CallContext(method, None if timeout_s is None else arrived + timeout_s)
-                if timeout_s is not None:
-                    arrived = arrived or time.monotonic()  # 0: it arrives now (no queue)
-                    call.deadline = arrived + timeout_s
-                    if time.monotonic() >= arrived + timeout_s:
-                        return _EXPIRED  # it waited past its caller's deadline: not run
-                    token = _DEADLINE.set(arrived + timeout_s)  # its own calls inherit it
+                end = None if timeout_s is None else (arrived or time.monotonic()) + timeout_s
+                if end is not None and time.monotonic() >= end:
+                    return _EXPIRED  # it waited past its caller's deadline: not run
+                call = CallContext(method, end)
+                if end is not None:
+                    token = _DEADLINE.set(end)  # the calls it makes inherit it
                 if calls is not None:
                     calls[ident] = call
             serving.call = call
             try:
                 result = getattr(obj, method)(*parts[2], **parts[3])
                 if type(result) is types.CoroutineType:
-                    result = self._await(result, _context(call))
+                    result = self._await(result, _context(serving.call))
             except Exception as exc:
                 reply = ("#RAISED", pack_exception(exc))
                 if logger.isEnabledFor(logging.DEBUG):
@@ -100,7 +99,7 @@ class Dispatcher:
             except asyncio.CancelledError as exc:  # its caller cancelled it
                 reply = ("#RAISED", pack_exception(exc))
             else:
-                if streams and isinstance(result, _STREAMS):
+                if streams and isinstance(result, STREAM_TYPES):
                     window = meta[1] if meta and meta[1] else DEFAULT_WINDOW
                     return StreamCall(sync_items(result), _context(serving.call), window)
                 reply, big = ("#RETURN", result), looks_big((result,))
@@ -138,7 +137,6 @@ class Dispatcher:
 
 
 _EXPIRED = dumps(("#EXPIRED", None), False)
-_STREAMS = (types.GeneratorType, types.AsyncGeneratorType)
 
 
 def _context(call: CallContext | str) -> CallContext:
@@ -146,8 +144,6 @@ def _context(call: CallContext | str) -> CallContext:
 
 
 async def _as_call(coroutine: Any, call: CallContext) -> Any:
-    from .calls import _CURRENT, _DEADLINE
-
     _CURRENT.set(call)  # this task's own context: current_call() works in it
     _DEADLINE.set(call.deadline)
     return await coroutine

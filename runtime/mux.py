@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
-import pickle
 import socket
 import ssl
 import threading
@@ -29,13 +28,13 @@ from typing import Any, Protocol
 from .errors import CallTimeout, MessageTooLarge, ServiceStopped
 from .oob import loads as oob_loads
 from .stream_aio import AsyncRemoteStream, CallFuture
+from .stream_server import CLOSE
 from .tls import Tls
-from .transport import OBJECT_ID
-from .wire import CONTROL, FrameReader, Payload, ProtocolError, dumps, looks_big, tagged_frame
+from .transport import request_payload
+from .wire import CONTROL, FrameReader, Payload, ProtocolError, tagged_frame
 
 __all__ = ["LoopConnections", "MuxClient", "MuxConnection"]
 
-_CLOSE = pickle.dumps(("#CLOSE",), pickle.HIGHEST_PROTOCOL)
 # Under malloc's mmap threshold: a bigger buffer costs an mmap and a munmap per read.
 _READ_SIZE = 1 << 16
 
@@ -219,7 +218,7 @@ class MuxConnection:
         if stream is None:
             if ref is not None:  # its consumer dropped it: stop the server's generator
                 del self._streams[ident]
-                self.control(ident, _CLOSE)
+                self.control(ident, CLOSE)
             return
         try:
             kind, value = oob_loads(body)
@@ -378,9 +377,7 @@ class LoopConnections:
 
         async def open_stream(stream: AsyncRemoteStream[Any]) -> tuple[MuxConnection, int]:
             loop = get_running_loop()
-            conn = self.by_loop.get(loop)
-            if conn is None or conn.closed or conn.generation != client._rpc_generation:
-                conn = await self._connection(client, loop, timeout_s)
+            conn = await self._usable(client, loop, self.by_loop.get(loop), timeout_s)
             return conn, conn.open_stream(loop, payload, stream)
 
         return AsyncRemoteStream(open_stream, method, client._rpc_final_error, client._rpc_window)
@@ -408,8 +405,7 @@ class LoopConnections:
         payload: Payload,
         timeout_s: float | None,
     ) -> Any:
-        if conn is None or conn.closed or conn.generation != client._rpc_generation:
-            conn = await self._connection(client, loop, timeout_s)
+        conn = await self._usable(client, loop, conn, timeout_s)
         self.last = conn
         future = conn.request(loop, payload, method)
         del payload
@@ -419,6 +415,18 @@ class LoopConnections:
             return await asyncio.wait_for(future, timeout_s)  # cancels the future in time
         except asyncio.TimeoutError:
             raise client._rpc_call_timeout(method, timeout_s) from None
+
+    async def _usable(
+        self,
+        client: MuxClient,
+        loop: asyncio.AbstractEventLoop,
+        conn: MuxConnection | None,
+        timeout_s: float | None,
+    ) -> MuxConnection:
+        """``conn`` if it still serves this client, else this loop's connection (opened)."""
+        if conn is None or conn.closed or conn.generation != client._rpc_generation:
+            conn = await self._connection(client, loop, timeout_s)
+        return conn
 
     async def _connection(
         self, client: MuxClient, loop: asyncio.AbstractEventLoop, timeout_s: float | None
@@ -489,9 +497,7 @@ def _request(
     kwargs: dict[str, Any] | None,
     timeout_s: float | None,
 ) -> Payload:
-    kwargs = kwargs or {}
-    big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
-    payload = dumps((OBJECT_ID, method, args, kwargs, (timeout_s, client._rpc_window)), big)
+    payload = request_payload(method, args, kwargs, timeout_s, client._rpc_window)
     if len(payload) > client._rpc_max_message_bytes:
         raise client._rpc_too_large("request", len(payload))
     return payload

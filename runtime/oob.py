@@ -27,7 +27,6 @@ __all__ = [
     "LargeBuffer",
     "OutOfBand",
     "dumps_oob",
-    "dumps_small",
     "loads",
     "roundtrip",
     "small_only",
@@ -53,16 +52,6 @@ def small_only(buffer: pickle.PickleBuffer) -> bool:
     if size >= OOB_MIN_BYTES:
         raise LargeBuffer
     return True
-
-
-def dumps_small(obj: Any, protocol: int) -> bytes | memoryview | OutOfBand:
-    """The fast path for a message that looked small; a large buffer nested anywhere in
-    it (an array in a dict, in a dataclass) still goes out of band, and a memoryview
-    (which plain pickle refuses) is sent as its buffer."""
-    try:
-        return pickle.dumps(obj, protocol, buffer_callback=small_only)
-    except (LargeBuffer, TypeError):
-        return dumps_oob(obj, protocol)  # a TypeError that is not a memoryview's: raised again
 
 
 def _memoryview_of(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:

@@ -37,14 +37,12 @@ from .replies import ReplyErrors, unpickle_reply
 from .retry import retrying
 from .stream_client import RemoteStream
 from .tls import Tls, TlsPolicy, TlsStream
-from .transport import OBJECT_ID, Link, describe, open_connection, stream_of
+from .transport import Link, describe, open_connection, request_payload, stream_of
 from .wire import (
     Payload,
     ProtocolError,
     Received,
     TooLarge,
-    dumps,
-    looks_big,
     recv_message,
     send_message,
 )
@@ -366,11 +364,7 @@ class RPCProxy(CallsByName, ReplyErrors):
             self._rpc_call_timeout_s is not None or _DEADLINE.get() is not None
         ):
             timeout_s = self._rpc_timeout(method, None)
-        kwargs = kwargs or {}
-        big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
-        window = self._rpc_window
-        meta = None if timeout_s is None and window is None else (timeout_s, window)
-        payload = dumps((OBJECT_ID, method, args, kwargs, meta), big)  # errors here: no I/O yet
+        payload = request_payload(method, args, kwargs, timeout_s, self._rpc_window)
         if len(payload) > self._rpc_max_message_bytes:
             raise self._rpc_too_large("request", len(payload))
         if method in self._rpc_idempotent:
@@ -411,9 +405,7 @@ class RPCProxy(CallsByName, ReplyErrors):
             raise self._rpc_too_large("reply", exc.size) from None
         except (OSError, EOFError, ProtocolError) as exc:
             self._rpc_discard(conn)
-            error = self._rpc_transport_error(method, exc)
-            error.__cause__ = exc
-            raise error from exc
+            raise self._rpc_transport_error(method, exc) from exc
         except BaseException:
             # KeyboardInterrupt or similar mid-call: the reply may still arrive, so
             # this connection is out of step. Never reuse it.

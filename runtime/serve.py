@@ -172,7 +172,6 @@ class _RPCServer(managers.Server):
                     functools.partial(send_message, fd),
                     window=reply.window,
                     control=fd,
-                    max_bytes=limit,
                 )
                 del reply
                 if not stream.run():

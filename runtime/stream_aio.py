@@ -19,11 +19,10 @@ import asyncio
 import collections
 import contextlib
 import pickle
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .stream_server import DEFAULT_WINDOW
+from .stream_server import CLOSE, DEFAULT_WINDOW
 from .wire import PROTOCOL
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ __all__ = ["AsyncRemoteStream", "CallFuture"]
 
 _T = TypeVar("_T")
 _CANCEL = pickle.dumps(("#CANCEL",), PROTOCOL)
-_CLOSE = pickle.dumps(("#CLOSE",), PROTOCOL)
 
 
 class CallFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -66,7 +64,8 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
         self._error = error  # (method, kind, value) -> the exception a final message means
         self._conn: MuxConnection | None = None
         self._ident = 0
-        self._batches: collections.deque[list[Any]] = collections.deque()
+        #: received, not yet taken: (items, their message's bytes)
+        self._batches: collections.deque[tuple[list[Any], int]] = collections.deque()
         self._items: list[Any] = []
         self._next = 0
         self._credit = [0, 0]
@@ -88,7 +87,12 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
                 self._next += 1
                 return item  # type: ignore[no-any-return]
             if self._batches:
-                self._items, self._next = self._batches.popleft(), 0
+                # credit for what the consumer takes, not for what merely arrived: a slow
+                # consumer keeps the server within one window
+                self._items, size = self._batches.popleft()
+                self._next = 0
+                self._credit[0] += len(self._items)
+                self._credit[1] += size
                 if self._credit[0] >= self._half[0] or self._credit[1] >= self._half[1]:
                     self._send_credit()
                 continue
@@ -119,7 +123,7 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
     async def aclose(self) -> None:
         """Stop the stream (the server closes its generator at its next ``yield``)."""
         if self._final is False and self._conn is not None:
-            self._conn.control(self._ident, _CLOSE)
+            self._conn.control(self._ident, CLOSE)
         if self._final is False:
             self._final = None
         self._finish()
@@ -127,7 +131,7 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
     def __del__(self) -> None:
         if self._final is False and self._conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.control_threadsafe(self._ident, _CLOSE)
+                self._conn.control_threadsafe(self._ident, CLOSE)
 
     def _finish(self) -> None:
         if self._conn is not None:
@@ -137,10 +141,8 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
 
     def deliver(self, kind: str, value: Any, size: int) -> None:
         if kind in ("#STREAM", "#ITEMS"):
-            if value:
-                self._batches.append(value)
-            self._credit[0] += len(value)
-            self._credit[1] += size if kind == "#ITEMS" else 0
+            if value:  # the opening reply's bytes are not counted by the server
+                self._batches.append((value, size if kind == "#ITEMS" else 0))
         elif self._final is False:
             self._final = self._error(self.method, kind, value)
         self._wake()
@@ -154,8 +156,3 @@ class AsyncRemoteStream(AsyncIterator[_T], Generic[_T]):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-
-def stream_ref(stream: AsyncRemoteStream[Any]) -> weakref.ReferenceType[AsyncRemoteStream[Any]]:
-    """The connection holds streams weakly: one nobody iterates any more is collected."""
-    return weakref.ref(stream)

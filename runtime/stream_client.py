@@ -21,10 +21,10 @@ import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import CallTimeout, ServiceUnavailable
+from .errors import ServiceUnavailable
 from .oob import loads as oob_loads
-from .stream_server import DEFAULT_WINDOW
-from .transport import stream_of
+from .stream_server import CLOSE, DEFAULT_WINDOW, DONE
+from .transport import describe, stream_of
 from .wire import PROTOCOL, recv_message, send_message
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["RemoteStream"]
 
 _T = TypeVar("_T")
-_CLOSE = pickle.dumps(("#CLOSE",), PROTOCOL)
-_DONE = pickle.dumps(("#DONE",), PROTOCOL)
 
 
 class RemoteStream(Iterator[_T], Generic[_T]):
@@ -143,21 +141,20 @@ class _State:
             # Credit goes back in halves of the window, or whenever this side is about to
             # wait: a server sent it back item by item would send item by item for ever.
             if credit[0] and (
-                credit[0] >= self.half[0] or credit[1] >= self.half[1] or not conn.poll(0)
+                credit[0] >= self.half[0] or credit[1] >= self.half[1] or not self.holder.poll(0)
             ):
                 self.credit = [0, 0]
                 send_message(stream, pickle.dumps(("#CREDIT", *credit), PROTOCOL))
-            if self.deadline is not None:
-                left = self.deadline - time.monotonic()
-                if left <= 0 or not conn.poll(left):
-                    self.abandon()
-                    raise self.proxy._rpc_call_timeout(self.method, self.timeout_s)
-            data = recv_message(stream, self.proxy._rpc_max_message_bytes)
+            late = self.deadline is not None and not conn.poll(
+                max(self.deadline - time.monotonic(), 0.0)
+            )
+            data = b"" if late else recv_message(stream, self.proxy._rpc_max_message_bytes)
         except (EOFError, OSError) as exc:
-            if isinstance(exc, CallTimeout):
-                raise
             self.abandon()
             raise self._cut(exc) from exc
+        if late:
+            self.abandon()
+            raise self.proxy._rpc_call_timeout(self.method, self.timeout_s)
         kind, value = oob_loads(data)
         if kind == "#ITEMS":
             self.credit[0] += len(value)
@@ -166,7 +163,7 @@ class _State:
         # the end: say so, and the connection is in step again (ready for the next call)
         self.finished = True
         try:
-            send_message(stream, _DONE)
+            send_message(stream, DONE)
         except OSError:
             self.proxy._rpc_forget_holder(self.holder)
         else:
@@ -177,10 +174,11 @@ class _State:
         return None  # it raised
 
     def _cut(self, exc: BaseException) -> Exception:
+        host, port = describe(self.proxy._rpc_address)
         return ServiceUnavailable(
             service=self.proxy._rpc_service,
-            host=str(self.proxy._rpc_address),
-            port="stream",
+            host=host,
+            port=port,
             reason=f"{self.method}(): the stream was cut short ({exc!r}); the server may "
             "have restarted. A stream is never replayed: call the method again",
         )
@@ -191,5 +189,5 @@ class _State:
             return
         self.finished = True
         with contextlib.suppress(Exception):
-            send_message(stream_of(self.holder.conn), _CLOSE)
+            send_message(stream_of(self.holder.conn), CLOSE)
         self.proxy._rpc_forget_holder(self.holder)

@@ -43,18 +43,32 @@ from .calls import CallContext, run_in_call, serving
 from .remote import pack_exception
 from .wire import Payload, ProtocolError, Stream, dumps, looks_big, recv_message
 
-__all__ = ["DEFAULT_WINDOW", "ServerStream", "is_stream", "sync_items"]
+__all__ = [
+    "CLOSE",
+    "DEFAULT_WINDOW",
+    "DONE",
+    "STREAM_TYPES",
+    "ServerStream",
+    "is_stream",
+    "sync_items",
+]
 
 logger = logging.getLogger("rpcgen")
 
+#: the client's messages that end a stream: stop now; read the end (in step again)
+CLOSE = pickle.dumps(("#CLOSE",), pickle.HIGHEST_PROTOCOL)
+DONE = pickle.dumps(("#DONE",), pickle.HIGHEST_PROTOCOL)
 #: (items, bytes) a client lets the server send ahead of its consumer, by default
 DEFAULT_WINDOW = (65536, 8 << 20)
 _FIRST_QUEUE = 64  # the producer's queue before any item's size is known
 
 
+#: what a streaming method returns: a generator or an async generator
+STREAM_TYPES = (types.GeneratorType, types.AsyncGeneratorType)
+
+
 def is_stream(result: Any) -> bool:
-    """True for what a streaming method returns: a generator or an async generator."""
-    return isinstance(result, (types.GeneratorType, types.AsyncGeneratorType))
+    return isinstance(result, STREAM_TYPES)
 
 
 def sync_items(result: Any) -> Iterator[Any]:
@@ -93,7 +107,6 @@ class ServerStream:
         *,
         window: tuple[int, int] = DEFAULT_WINDOW,
         control: Stream | None = None,
-        max_bytes: int = 1 << 30,
     ) -> None:
         self.items = items
         self.call = call
@@ -101,7 +114,6 @@ class ServerStream:
         self.window_items = max(1, int(window[0]))
         self.window_bytes = max(1, int(window[1]))
         self.control = control  # a plain connection: credits arrive on it
-        self.max_bytes = max_bytes
         self.queue: collections.deque[Any] = collections.deque()
         self.cap = min(_FIRST_QUEUE, self.window_items)
         self.item_bytes = 64  # pickled bytes per item, as last measured

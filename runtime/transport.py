@@ -49,7 +49,7 @@ from .errors import (
     StockServerFound,
 )
 from .tls import TlsPolicy, TlsStream
-from .wire import Stream, read_exactly, write_all
+from .wire import Payload, Stream, dumps, looks_big, read_exactly, write_all
 
 __all__ = [
     "OBJECT_ID",
@@ -63,6 +63,7 @@ __all__ = [
     "describe",
     "open_connection",
     "proof",
+    "request_payload",
     "request_shutdown",
     "set_recv_timeout",
     "socket_binding",
@@ -85,6 +86,21 @@ def stream_of(link: Link) -> Stream:
 OBJECT_ID = "rpcgen"
 #: Key in ``multiprocessing.managers.listener_client`` for our socket factories.
 SERIALIZER = "rpcgen"
+
+
+def request_payload(
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    timeout_s: float | None,
+    window: tuple[int, int] | None,
+) -> Payload:
+    """A call's request, pickled: ``(OBJECT_ID, method, args, kwargs, meta)``. ``meta``
+    (None, or ``(timeout_s, window)``) says this client takes streams (see .dispatch)."""
+    kwargs = kwargs or {}
+    big = looks_big(args) or (bool(kwargs) and looks_big(kwargs.values()))
+    meta = None if timeout_s is None and window is None else (timeout_s, window)
+    return dumps((OBJECT_ID, method, args, kwargs, meta), big)  # errors here: no I/O yet
 
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, with the terminating NUL

@@ -99,7 +99,7 @@ Payload = bytes | memoryview | OutOfBand
 def dumps(obj: Any, big: bool) -> Payload:
     if big:  # written through a BytesIO, large buffers kept out of the pickle
         return dumps_oob(obj, PROTOCOL)
-    try:  # a large buffer nested anywhere still goes out of band (see .oob.dumps_small)
+    try:  # a large buffer nested anywhere still goes out of band (see .oob.small_only)
         return pickle.dumps(obj, PROTOCOL, buffer_callback=small_only)
     except (TypeError, LargeBuffer):
         return dumps_oob(obj, PROTOCOL)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rpcgen.generator.api import generate, new_service
-from tests.support.procs import clean_pytest_env
+from tests.support.procs import run_project_tests
 from tests.support.project import write
 from tests.support.trading_fixture import MODELS, SERVER, SPEC
 from tests.support.typecheck import rpcgen_shim, run_mypy, run_ruff
@@ -26,21 +26,6 @@ strict = true
 module = "services.{server}"
 ignore_errors = true
 """
-
-
-def _run_project_tests(root: Path) -> subprocess.CompletedProcess[str]:
-    """The generated project's own tests, as its user runs them; -W error: no warning either
-    (pytest 9.2 deprecates fixtures on plugin objects)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
-        cwd=root,
-        env=clean_pytest_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 @pytest.fixture
@@ -212,7 +197,7 @@ def test_new_project_end_to_end_generated_tests_pass(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     new_service(tmp_path, "Foo", port=free_port())
-    result = _run_project_tests(tmp_path)
+    result = run_project_tests(tmp_path)
     # mode, health and the async test, each in direct and RPC mode; none of them uses the
     # example echo_rpc, which the server skeleton tells the user to replace
     assert "6 passed" in result.stdout
@@ -346,4 +331,4 @@ def test_replacing_the_example_method_keeps_the_generated_tests_passing(tmp_path
         + (text[end:] if end >= 0 else "")
     )
     generate(tmp_path)
-    assert "6 passed" in _run_project_tests(tmp_path).stdout
+    assert "6 passed" in run_project_tests(tmp_path).stdout

@@ -19,7 +19,7 @@ import pytest
 
 from rpcgen.generator.api import generate, new_service
 from tests.support import dependency_driver
-from tests.support.procs import clean_pytest_env
+from tests.support.procs import run_project_tests
 from tests.support.project import write
 from tests.support.typecheck import rpcgen_shim, run_mypy, run_ruff
 from tests.support.waiting import free_port
@@ -117,12 +117,4 @@ def test_the_dependent_project_is_clean_and_its_tests_pass(project: Path) -> Non
     assert mypy.returncode == 0, mypy.stdout + mypy.stderr
     ruff = run_ruff(["check", "--isolated", "services"], project)
     assert ruff.returncode == 0, ruff.stdout + ruff.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
-        cwd=project,
-        env=clean_pytest_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_project_tests(project)

@@ -27,7 +27,7 @@ from rpcgen.runtime import (
     deadline,
 )
 from tests.support.stream_services import Streams, stream_in_child
-from tests.support.waiting import pid_alive, wait_until
+from tests.support.waiting import wait_until
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 MIB = 1 << 20
@@ -198,7 +198,7 @@ def test_cancelling_the_task_that_iterates_closes_the_stream(streams: Streams) -
                 pass
 
         task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.1)
+        await _counted(streams, "ticks started")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -228,7 +228,7 @@ def test_a_call_queued_past_its_deadline_never_runs(streams: Streams) -> None:
     # waits for a thread past its deadline.
     async def main() -> tuple[str, BaseException | None]:
         first = asyncio.ensure_future(streams._rpc_acall("slow_rpc", (0.5,)))
-        await asyncio.sleep(0.05)
+        await _counted(streams, "slow started")  # it holds the only thread
         error = None
         try:
             with deadline(0.1):
@@ -256,48 +256,58 @@ def test_the_server_sees_the_time_left(streams: Streams) -> None:
 
 
 def test_asyncio_cancellation_reaches_the_server(streams: Streams) -> None:
+    # Each call is cancelled while it runs on the server, and the server sees it while the
+    # connection is still open (its end would cancel everything anyway).
     async def main() -> None:
         task = asyncio.ensure_future(streams._rpc_acall("wait_rpc", (30.0,)))
-        await asyncio.sleep(0.1)
+        await _counted(streams, "wait started")
         task.cancel()
+        await _counted(streams, "wait cancelled")
         poll = asyncio.ensure_future(streams._rpc_acall("poll_rpc", (30.0,)))
-        await asyncio.sleep(0.1)
+        await _counted(streams, "poll started")
         poll.cancel()
+        await _counted(streams, "poll cancelled")
 
     asyncio.run(main())
-    counts = wait_until(
-        lambda: (c := streams.server.counts_rpc()).get("poll cancelled") and c,
-        what="both cancels on the server",
-    )
-    assert counts["wait cancelled"] == 1 and counts["poll cancelled"] == 1, counts
 
 
 def test_an_idempotent_call_rides_through_a_sigkill_and_another_raises(streams: Streams) -> None:
     old = streams.server_pid
     assert old is not None
-    killer = _kill_soon(old, 0.2)
+    killer = _kill_in_call(streams, old, "read started")
     with deadline(30.0):
         pid = streams.server.read_slowly_rpc(0.5)  # killed mid-call: tried again
     killer.join()
     assert pid != old and pid == streams.server_pid
     old = pid
-    killer = _kill_soon(old, 0.2)
+    killer = _kill_in_call(streams, old, "write started")
     with pytest.raises(ServiceUnavailable):
         streams.server.write_slowly_rpc(0.5)  # it may have run: never tried again
     killer.join()
     wait_until(lambda: streams.server_pid not in (None, old), timeout=20, what="the restart")
 
 
-def _kill_soon(pid: int, after_s: float) -> threading.Thread:
+def _kill_in_call(client: Streams, pid: int, started: str) -> threading.Thread:
+    """SIGKILL server ``pid`` once it has started the call (its counter ``started`` goes
+    up by one)."""
+    n = closed(client, started) + 1
+
     def kill() -> None:
-        deadline_at = time.monotonic() + after_s
-        while time.monotonic() < deadline_at and pid_alive(pid):
-            time.sleep(0.01)
+        wait_until(functools.partial(_closed_n, client, started, n), what=started)
         os.kill(pid, signal.SIGKILL)
 
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
     return thread
+
+
+async def _counted(client: Streams, key: str, n: int = 1, timeout_s: float = 10.0) -> None:
+    """Until the server's counter ``key`` reaches ``n`` (read on a plain connection: the
+    asyncio one may be busy), bounded by ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while await asyncio.to_thread(closed, client, key) < n:
+        assert time.monotonic() < end, f"timed out waiting for {key}"
+        await asyncio.sleep(0.005)
 
 
 def test_direct_mode_streams_items_through_pickle(port: int) -> None:

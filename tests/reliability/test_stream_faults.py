@@ -15,7 +15,7 @@ import pytest
 from rpcgen.runtime import CallTimeout, RestartPolicy, ServiceUnavailable, deadline
 from tests.reliability.conftest import Log
 from tests.support.stream_services import Streams, stream_in_child
-from tests.support.waiting import free_port, pid_alive, wait_until
+from tests.support.waiting import free_port, wait_until
 
 NO_FLAP = RestartPolicy(backoff_initial_s=0.001, backoff_max_s=0.01, flap_max_restarts=1000)
 
@@ -123,7 +123,10 @@ def test_calls_in_flight_across_sigkill(streams: Streams, reliability_log: Log) 
     for kind in ("read", "write"):
         for _ in range(rounds):
             old = streams.server_pid or 0
-            killer = threading.Thread(target=_kill_after, args=(old, 0.1))
+            key = f"{kind} started"  # counted by this server (a retried call counts too)
+            killer = threading.Thread(
+                target=_kill_in_call, args=(streams, old, key, _count(streams, key) + 1)
+            )
             killer.start()
             try:
                 with deadline(30.0):
@@ -143,10 +146,9 @@ def test_calls_in_flight_across_sigkill(streams: Streams, reliability_log: Log) 
     assert failures == 0
 
 
-def _kill_after(pid: int, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and pid_alive(pid):
-        time.sleep(0.005)
+def _kill_in_call(client: Streams, pid: int, started: str, n: int) -> None:
+    """SIGKILL server ``pid`` once it runs the call (its counter ``started`` reaches n)."""
+    wait_until(functools.partial(_n_counted, client, started, n), what=started)
     os.kill(pid, signal.SIGKILL)
 
 
@@ -157,9 +159,10 @@ def test_calls_queued_past_their_deadline(streams: Streams, reliability_log: Log
 
     async def main() -> int:
         timeouts = 0
-        for _ in range(rounds):
+        for n in range(rounds):
             first = asyncio.ensure_future(streams._rpc_acall("slow_rpc", (0.1,)))
-            await asyncio.sleep(0.01)
+            while await asyncio.to_thread(_count, streams, "slow started") < n + 1:
+                await asyncio.sleep(0.005)  # bounded by the test's timeout
             try:
                 with deadline(0.02):
                     await streams._rpc_acall("slow_rpc", (0.0,))

@@ -98,3 +98,18 @@ def clean_pytest_env() -> dict[str, str]:
     """This environment without PYTEST_* variables, for a pytest run of its own
     (under xdist they would make the inner run think it is an xdist worker)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+
+
+def run_project_tests(root: Path) -> subprocess.CompletedProcess[str]:
+    """A generated project's own tests, as its user runs them; -W error: no warning either
+    (pytest 9.2 deprecates fixtures on plugin objects). Fails the calling test if they fail."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
+        cwd=root,
+        env=clean_pytest_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
