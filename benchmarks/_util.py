@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def median_ms(samples: list[float]) -> float:

@@ -28,10 +28,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = """
-import json, sys, time
+import json, socket, sys, time
 from benchmarks._services import BenchClient
-from benchmarks._util import free_port
 import rpcgen.runtime
+
+def free_port():  # either side's tree: not every revision has rpcgen.runtime.ports
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 assert rpcgen.runtime.__file__.startswith(sys.argv[1]), rpcgen.runtime.__file__
 
 starts = []

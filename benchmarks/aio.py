@@ -16,8 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rpcgen.runtime.ports import free_port
+
 from ._services import BenchClient
-from ._util import Row, free_port
+from ._util import Row
 
 TASKS = (1, 16, 64)
 THREADS = (1, 8)

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from rpcgen.runtime.ports import free_port
+
 from ._raw import ConnectionClient, TcpClient, serve_connection, serve_tcp
 from ._services import BenchClient, StockManager
-from ._util import Row, free_port, median_ms, p99_ms
+from ._util import Row, median_ms, p99_ms
 
 Echo = Callable[[Any], Any]
 

@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from rpcgen.runtime.ports import free_port
+
 from ._netns import NetnsUnavailable
 from ._services import BenchClient, BenchServer, InBandBenchClient, StockManager
-from ._util import Row, free_port
+from ._util import Row
 from .large_across import across
 
 SIZES_MB = (1, 16, 128, 512)

@@ -9,9 +9,10 @@ import signal
 import time
 
 from rpcgen.runtime import ServiceUnavailable
+from rpcgen.runtime.ports import free_port
 
 from ._services import BenchClient, StockManager
-from ._util import Row, free_port, median_ms, timed
+from ._util import Row, median_ms, timed
 
 
 def _stock_round(method: str) -> tuple[float, float]:

@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rpcgen.runtime.ports import free_port
+
 from ._services import BenchClient
-from ._util import Row, free_port, median_ms
+from ._util import Row, median_ms
 
 Echo = Callable[[bytes], Any]
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from rpcgen.runtime import RayOptions, ServiceUnavailable
 from rpcgen.runtime.constants import DEFAULT_MAX_CONCURRENT_CALLS
+from rpcgen.runtime.ports import free_port
 
 from ._services import BenchClient, BenchServer
-from ._util import Row, free_port, median_ms, timed
+from ._util import Row, median_ms, timed
 from .sharing import NO_FLAP
 
 _spaces = itertools.count(1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from rpcgen.runtime import ServiceGraph, ServiceNode, StartedServices
+from rpcgen.runtime.ports import free_port
 
 from ._services import BenchClient
-from ._util import Row, free_port, median_ms
+from ._util import Row, median_ms
 
 N_SERVICES = 3
 

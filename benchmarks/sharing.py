@@ -16,11 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rpcgen.runtime import RestartPolicy, ServiceUnavailable
+from rpcgen.runtime.ports import free_port
 from rpcgen.runtime.process_backend import ProcessBackend
 from rpcgen.runtime.proxy import RPCProxy
 
 from ._services import BenchClient
-from ._util import Row, free_port, median_ms
+from ._util import Row, median_ms
 
 NO_FLAP = RestartPolicy(backoff_initial_s=0.001, backoff_max_s=0.01, flap_max_restarts=10**6)
 

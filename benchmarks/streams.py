@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from rpcgen.runtime.ports import free_port
+
 from ._services import StreamBenchClient
-from ._util import Row, free_port
+from ._util import Row
 
 SMALL = 16  # bytes per small item
 

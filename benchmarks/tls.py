@@ -22,6 +22,7 @@ from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
+from rpcgen.runtime.ports import free_port
 from rpcgen.runtime.process_backend import ProcessBackend
 from rpcgen.runtime.proxy import RPCProxy
 from rpcgen.runtime.tls import TlsPolicy
@@ -29,7 +30,7 @@ from rpcgen.runtime.tls import TlsPolicy
 from ._netns import NetnsUnavailable, veth_hosts
 from ._raw import serve_connection
 from ._services import BenchClient
-from ._util import Row, free_port, median_ms, timed
+from ._util import Row, median_ms, timed
 from .calls import PIN, _process, pinned
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,13 +13,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import itertools
 import os
 import re
-import socket
 import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,27 +26,12 @@ from typing import Any, Literal
 
 import pytest
 
+from .ports import free_port, free_ports
+
 __all__ = ["free_port", "free_ports", "registry_fixture", "service_fixture"]
 
 MODES = ("direct", "rpc")
 Scope = Literal["session", "package", "module", "class", "function"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: all held open until all are chosen (one at a time,
-    the OS may hand out a port it just gave, once its probe socket closed)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def service_fixture(

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rpcgen.runtime.ports import free_ports
+
 # The example is a project of its own (examples/trading/rpcgen.toml); its root holds
 # the generated `services` package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,21 +62,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def run(args: argparse.Namespace) -> None:
     os.environ["TRADING_DATA_DIR"] = args.data_dir
     from services import registry
 
     ports = (
-        {name: free_port() for name in registry.SERVICE_NAMES}
+        dict(zip(registry.SERVICE_NAMES, free_ports(len(registry.SERVICE_NAMES))))
         if args.free_ports
         else None
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,20 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     readme_test_command = blocks[2].split("\n```")[0].strip()
     ci = root.joinpath(".ci", "run").read_text().splitlines()
     assert readme_test_command in ci, readme_test_command
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    from rpcgen.runtime.ports import free_ports
+
+    ports = free_ports(50)
+    assert len(set(ports)) == 50
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if range_file.exists():
+        low = int(range_file.read_text().split()[0])
+        if low > 21000:  # else there is no such range and the OS chooses
+            # an outgoing connection's local port can never be one of these
+            assert all(20000 <= p < low for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            s.listen()
