@@ -1,7 +1,8 @@
 """Large arrays: a numpy array of 1, 16, 128 and 512 MB echoed through a server method,
-against two ``memcpy``s of the same array (the floor: the bytes cross twice), the path
-before out-of-band buffers (every buffer inside the pickle, same run, same code), a raw
-BaseManager proxy and a Ray actor (both with their defaults). Medians of a few rounds,
+against two ``memcpy``s of the same array (the floor: the bytes cross twice), rpcgen
+without shared memory (out-of-band buffers on the socket), the path before out-of-band
+buffers (every buffer inside the pickle, same run, same code), a raw BaseManager proxy
+and a Ray actor (both with their defaults). Medians of a few rounds,
 interleaved; one core each side (unpinned). Needs numpy; Ray rows need the ray extra."""
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def run(quick: bool) -> list[Row]:
     rounds = 2 if quick else 5
     times: dict[tuple[str, int], float] = {}
     client = BenchClient(free_port())
-    in_band = InBandBenchClient(free_port())
+    socket_only = BenchClient(free_port(), shared_memory_bytes=0)
+    in_band = InBandBenchClient(free_port(), shared_memory_bytes=0)
     stock = StockManager(address=("127.0.0.1", 0), authkey=os.urandom(32))
     stock.start()
     try:
@@ -81,6 +83,7 @@ def run(quick: bool) -> list[Row]:
             array = np.random.default_rng(mb).integers(0, 255, size=mb << 20, dtype=np.uint8)
             variants: dict[str, Callable[[], Any]] = {
                 "rpcgen": functools.partial(client.echo, array),
+                "socket": functools.partial(socket_only.echo, array),
                 "in-band pickle": functools.partial(in_band.echo, array),
                 "BaseManager": functools.partial(stock_proxy.echo_rpc, array),
                 "memcpy x2": _two_copies(np, array),
@@ -92,6 +95,7 @@ def run(quick: bool) -> list[Row]:
             del variants, array
     finally:
         client.shutdown()
+        socket_only.shutdown()
         in_band.shutdown()
         stock.shutdown()
     with _ray_echo() as ray_echo:
@@ -122,6 +126,16 @@ def _rows(sizes: tuple[int, ...], times: dict[tuple[str, int], float]) -> list[R
                 baseline=f"memcpy x2 {times[('memcpy x2', mb)] * 1000:.1f} ms",
                 ratio=ours / times[("memcpy x2", mb)],
                 target=aim,
+            )
+        )
+        rows.append(
+            Row(
+                "large",
+                f"echo {mb} MB: the socket path (no shared memory) / rpcgen",
+                ours * 1000,
+                "ms",
+                baseline=f"socket {times[('socket', mb)] * 1000:.1f} ms",
+                ratio=times[("socket", mb)] / ours,
             )
         )
         rows.append(

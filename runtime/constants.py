@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENT_CALLS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_RAY_NAMESPACE",
+    "DEFAULT_SHARED_MEMORY_BYTES",
     "MAX_CONCURRENT_CALLS_LIMIT",
 ]
 
@@ -30,3 +31,6 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 #: The Ray namespace of a service's actor unless its options name another.
 DEFAULT_RAY_NAMESPACE = "rpcgen"
+#: Shared memory a connection on this host may use each way for large buffers (see
+#: .shm): sparse, so memory is used only where a message was written; 0 turns it off.
+DEFAULT_SHARED_MEMORY_BYTES = 1 << 30

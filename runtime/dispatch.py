@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from .calls import _CURRENT, _DEADLINE, _SERVING, CallContext
+from .oob import SharedReader
 from .oob import loads as oob_loads
 from .remote import pack_exception
 from .stream_server import DEFAULT_WINDOW, STREAM_TYPES, sync_items
@@ -58,13 +59,14 @@ class Dispatcher:
         arrived: float,
         calls: dict[int, CallContext] | None = None,
         ident: int = 0,
+        shared: SharedReader | None = None,
     ) -> Payload | StreamCall:
         """Run one pickled request; its pickled reply (never raises), or a stream."""
         reply: tuple[str, Any]
         big = False
         serving = _SERVING
         try:
-            parts = _loads(request) if request[0] else oob_loads(request)
+            parts = _loads(request) if request[0] else oob_loads(request, shared)
             obj, exposed, _ = self.id_to_obj[parts[0]]
             method = parts[1]
             if method not in exposed:

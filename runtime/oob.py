@@ -20,12 +20,15 @@ import io
 import mmap
 import pickle
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "OOB_MIN_BYTES",
+    "SHARED",
     "LargeBuffer",
     "OutOfBand",
+    "Pieces",
+    "SharedReader",
     "dumps_oob",
     "loads",
     "roundtrip",
@@ -36,6 +39,8 @@ __all__ = [
 OOB_MIN_BYTES = 1 << 16
 _MARK = 0
 _COUNT = struct.Struct("!BI")
+#: set in the count of a message whose buffers are in shared memory (see .shm)
+SHARED = 1 << 31
 
 
 class LargeBuffer(Exception):
@@ -74,23 +79,35 @@ def _pickler(out: io.BytesIO, protocol: int, callback: Any) -> pickle.Pickler:
     return pickler
 
 
-class OutOfBand:
-    """A message with out-of-band buffers: its pieces, written with one ``writev``."""
+class Pieces:
+    """A message in pieces (bytes-like, one byte per item), written with one ``writev``."""
 
-    __slots__ = ("buffers", "head", "pickle", "size")
+    __slots__ = ("parts", "size")
 
-    def __init__(self, data: bytes | memoryview, buffers: list[memoryview]) -> None:
-        self.pickle = data
-        self.buffers = buffers
-        lengths = [len(data), *(b.nbytes for b in buffers)]
-        self.head = _COUNT.pack(_MARK, len(buffers)) + struct.pack(f"!{len(lengths)}Q", *lengths)
-        self.size = len(self.head) + sum(lengths)
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(len(part) for part in parts)
 
     def __len__(self) -> int:
         return self.size
 
     def pieces(self) -> list[bytes | memoryview]:
-        return [self.head, self.pickle, *self.buffers]
+        return self.parts
+
+
+class OutOfBand(Pieces):
+    """A message with out-of-band buffers: the header, the pickle, the buffers."""
+
+    __slots__ = ("buffer_bytes", "buffers", "pickle")
+
+    def __init__(self, data: bytes | memoryview, buffers: list[memoryview]) -> None:
+        self.pickle = data
+        self.buffers = buffers
+        sizes = [b.nbytes for b in buffers]
+        self.buffer_bytes = sum(sizes)
+        lengths = [len(data), *sizes]
+        head = _COUNT.pack(_MARK, len(buffers)) + struct.pack(f"!{len(lengths)}Q", *lengths)
+        super().__init__([head, data, *buffers])
 
 
 def dumps_oob(
@@ -116,8 +133,15 @@ def dumps_oob(
     return OutOfBand(data, buffers) if buffers else data
 
 
-def loads(data: bytes | bytearray | memoryview | mmap.mmap) -> Any:
-    """Unpickle a message, plain or with out-of-band buffers (views of ``data``).
+class SharedReader(Protocol):
+    def load(self, data: Any) -> Any: ...
+
+
+def loads(
+    data: bytes | bytearray | memoryview | mmap.mmap, shared: SharedReader | None = None
+) -> Any:
+    """Unpickle a message, plain or with out-of-band buffers (views of ``data``, or of
+    ``shared``, the connection's shared memory: see .shm).
 
     A malformed header (lengths that do not add up) is a ``ValueError``.
     """
@@ -126,6 +150,10 @@ def loads(data: bytes | bytearray | memoryview | mmap.mmap) -> Any:
     if len(data) < _COUNT.size:
         raise ValueError("truncated out-of-band header")
     _, count = _COUNT.unpack_from(data, 0)
+    if count & SHARED:
+        if shared is None:
+            raise ValueError("a shared-memory message on a connection without shared memory")
+        return shared.load(data)
     start = _COUNT.size + 8 * (count + 1)
     if count > 1 << 20 or len(data) < start:
         raise ValueError("bad out-of-band header")

@@ -198,6 +198,7 @@ class ProcessBackend:
             call_timeout_s=self.settings.call_timeout_s,
             idempotent=self.settings.idempotent,
             stream_window=self.settings.stream_window,
+            shared_memory_bytes=self.settings.shared_memory_bytes,
             wait_ready=(
                 self.life.not_restarting.wait if self.life.is_owner else self._follow_directory
             ),

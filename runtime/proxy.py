@@ -21,10 +21,11 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from . import shm
 from .backend import CallsByName
 from .calls import _DEADLINE, current_deadline
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
-from .endpoint import Address
+from .endpoint import Address, Endpoint, is_loopback
 from .errors import (
     CallTimeout,
     ServiceAuthenticationError,
@@ -35,6 +36,7 @@ from .errors import (
 from .oob import loads as oob_loads
 from .replies import ReplyErrors, unpickle_reply
 from .retry import retrying
+from .shm import Offer, Reader, SharedLink
 from .stream_client import RemoteStream
 from .tls import Tls, TlsPolicy, TlsStream
 from .transport import Link, describe, open_connection, request_payload, stream_of
@@ -63,11 +65,13 @@ def _left(end_at: float) -> float:
 class _Holder:
     """Per-thread slot; its finalizer closes the thread's connection when the thread ends."""
 
-    __slots__ = ("__weakref__", "conn", "generation", "poll", "used")
+    __slots__ = ("__weakref__", "conn", "generation", "poll", "shared", "used")
 
-    def __init__(self, conn: Link, generation: int) -> None:
+    def __init__(self, conn: Link, generation: int, shared: SharedLink | None = None) -> None:
         self.conn = conn
         self.generation = generation
+        #: the connection's shared memory for large buffers (see .shm), if it has any
+        self.shared = shared
         #: when its last reply came (monotonic): a connection that answered under a
         #: millisecond ago is not polled (a loop of calls pays no system call for it)
         self.used = 0.0
@@ -81,6 +85,10 @@ class _Holder:
             poller.register(conn.fileno(), select.POLLIN)
             self.poll = poller.poll
 
+    @property
+    def reader(self) -> Reader | None:
+        return None if self.shared is None else self.shared.reader
+
 
 def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: Link) -> None:
     proxy = proxy_ref()
@@ -89,7 +97,18 @@ def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: Link) -> None:
     # then, and would never be released. The child's after-fork hook drops the set.
     if proxy is not None and proxy._rpc_pid == os.getpid() and not proxy._rpc_forget(conn):
         return  # _rpc_drop_all took it, and closes it
+    _close(conn)
+
+
+#: each connection's shared memory, closed with it (whichever thread's holder has it)
+_LINKS: weakref.WeakKeyDictionary[Link, SharedLink] = weakref.WeakKeyDictionary()
+
+
+def _close(conn: Link) -> None:
     conn.close()
+    link = None if isinstance(conn, TlsStream) else _LINKS.pop(conn, None)  # TLS: never
+    if link is not None:
+        link.close()  # gives its memory back now, not when the holder goes
 
 
 _LIVE_PROXIES: weakref.WeakSet[RPCProxy] = weakref.WeakSet()
@@ -125,8 +144,10 @@ class RPCProxy(CallsByName, ReplyErrors):
         call_timeout_s: float | None = None,
         idempotent: frozenset[str] = frozenset(),
         stream_window: tuple[int, int] | None = None,
+        shared_memory_bytes: int = 0,
     ) -> None:
         self._rpc_service = service
+        self._rpc_shared_bytes = shared_memory_bytes
         #: a call's timeout where it gives none and no deadline() applies
         self._rpc_call_timeout_s = call_timeout_s
         #: server methods safe to run twice: tried again across a restart
@@ -216,13 +237,19 @@ class RPCProxy(CallsByName, ReplyErrors):
 
     def _rpc_open(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> _Holder:
         """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
-        conn, generation = self._rpc_handshake(wait_ready=wait_ready, timeout_s=timeout_s)
+        offered = self._rpc_offer()
+        conn, generation = self._rpc_handshake(
+            wait_ready=wait_ready, timeout_s=timeout_s, shared=offered
+        )
+        shared = offered[0] if offered is not None and offered[0].accepted else None
+        if shared is not None:
+            _LINKS[conn] = shared
         with self._rpc_lock:
             if self._rpc_closed:
-                conn.close()
+                _close(conn)
                 raise ServiceStopped(service=self._rpc_service)
             self._rpc_conns.add(conn)
-        holder = _Holder(conn, generation)
+        holder = _Holder(conn, generation, shared)
         weakref.finalize(holder, _forget, weakref.ref(self), conn)
         self._rpc_tls.holder = holder
         return holder
@@ -237,8 +264,24 @@ class RPCProxy(CallsByName, ReplyErrors):
             conn.close()
         return fd, generation, conn.tls if isinstance(conn, TlsStream) else None
 
+    def _rpc_offer(self) -> tuple[SharedLink, Offer] | None:
+        """Shared memory to offer a new connection: on this host (loopback or a Unix
+        socket), never under TLS (see .shm)."""
+        address = self._rpc_address
+        if not self._rpc_shared_bytes or self._rpc_tls_policy.applies(address):
+            return None
+        endpoint = Endpoint.of(address)
+        if endpoint.path is None and not is_loopback(endpoint.host):
+            return None
+        return shm.offer(self._rpc_shared_bytes)
+
     def _rpc_handshake(
-        self, *, wait_ready: bool, timeout_s: float | None, mux: bool = False
+        self,
+        *,
+        wait_ready: bool,
+        timeout_s: float | None,
+        mux: bool = False,
+        shared: tuple[SharedLink, Offer] | None = None,
     ) -> tuple[Link, int]:
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
@@ -257,6 +300,7 @@ class RPCProxy(CallsByName, ReplyErrors):
                 timeout_s=bound,
                 mux=mux,
                 tls=self._rpc_tls_policy,
+                shared=shared,
             )
 
         generation = self._rpc_generation
@@ -294,7 +338,7 @@ class RPCProxy(CallsByName, ReplyErrors):
     def _rpc_discard(self, conn: Link) -> None:
         self._rpc_tls.holder = None
         if self._rpc_forget(conn):
-            conn.close()
+            _close(conn)
 
     def _rpc_drop_all(self) -> None:
         with self._rpc_lock:
@@ -328,7 +372,7 @@ class RPCProxy(CallsByName, ReplyErrors):
         self._rpc_init_state()
         self._rpc_closed = closed
         for conn in inherited:
-            conn.close()  # our copy of the fd only; the parent's socket stays open
+            _close(conn)  # our copy of the fd only; the parent's socket stays open
         if loops is not None:
             loops.close_in_child()
 
@@ -372,9 +416,9 @@ class RPCProxy(CallsByName, ReplyErrors):
         else:
             reply, holder = self._rpc_exchange(method, payload, timeout_s)
         try:
-            kind, result = _loads(reply) if reply[0] else oob_loads(reply)
+            kind, result = _loads(reply) if reply[0] else oob_loads(reply, holder.reader)
         except Exception:
-            kind, result = unpickle_reply(self._rpc_service, method, reply)  # raises, typed
+            kind, result = unpickle_reply(self._rpc_service, method, reply, holder.reader)
         if kind == "#RETURN":
             return result
         if kind == "#STREAM":
@@ -395,7 +439,8 @@ class RPCProxy(CallsByName, ReplyErrors):
         conn = holder.conn
         try:
             stream = stream_of(conn)
-            send_message(stream, payload)
+            shared = holder.shared
+            send_message(stream, payload if shared is None else shared.place(payload))
             if timeout_s is not None and not conn.poll(timeout_s):
                 reply = None
             else:
@@ -452,7 +497,7 @@ class RPCProxy(CallsByName, ReplyErrors):
 
     def _rpc_forget_holder(self, holder: _Holder) -> None:
         if self._rpc_forget(holder.conn):
-            holder.conn.close()
+            _close(holder.conn)
 
     def _rpc_acall(
         self,
@@ -521,6 +566,7 @@ class RPCProxy(CallsByName, ReplyErrors):
                 self._rpc_max_message_bytes,
                 self._rpc_tls_policy,
                 self._rpc_stock.typeid if self._rpc_stock is not None else None,
+                self._rpc_shared_bytes,
             ),
         )
 
@@ -553,6 +599,7 @@ def _rebuild_proxy(
     max_bytes: int,
     tls: TlsPolicy | None = None,
     stock: str | None = None,
+    shared_memory_bytes: int = 0,
 ) -> RPCProxy:
     proxy = RPCProxy(
         service=service,
@@ -561,6 +608,7 @@ def _rebuild_proxy(
         connect_timeout_s=timeout_s,
         max_message_bytes=max_bytes,
         tls=tls,
+        shared_memory_bytes=shared_memory_bytes,
     )
     if stock is not None:
         proxy._rpc_use_stock(stock)
@@ -577,4 +625,4 @@ def _shutdown_and_close(conn: Link) -> None:
             view.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    conn.close()
+    _close(conn)

@@ -20,7 +20,7 @@ from .errors import (
     ServiceStopped,
     ServiceUnavailable,
 )
-from .oob import loads
+from .oob import SharedReader, loads
 from .remote import unpack_exception
 from .transport import describe
 from .wire import Received
@@ -70,9 +70,11 @@ def final_error(
     return RemoteCallError(service=service, method=method, remote_traceback=str(value))
 
 
-def unpickle_reply(service: str, method: str, reply: Received) -> tuple[str, Any]:
+def unpickle_reply(
+    service: str, method: str, reply: Received, shared: SharedReader | None = None
+) -> tuple[str, Any]:
     try:
-        kind, value = loads(reply)
+        kind, value = loads(reply, shared)
     except Exception as exc:
         raise RemoteCallError(
             service=service,

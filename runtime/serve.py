@@ -28,6 +28,7 @@ from typing import Any, cast
 # Imported here, in the parent, so forked children do not pay ~9 ms to import it.
 import setproctitle
 
+from . import shm
 from .announce import Settable, process_title
 from .constants import (
     DEFAULT_HANDSHAKE_TIMEOUT_S,
@@ -38,6 +39,7 @@ from .dispatch import Dispatcher, StreamCall
 from .endpoint import Address, Endpoint
 from .gate import Gate
 from .mux_session import MuxSession
+from .shm import SharedLink
 from .stream_server import ServerStream
 from .tls import Tls, TlsPolicy, TlsStream
 from .transport import OBJECT_ID, SERIALIZER, Link, set_recv_timeout, stream_of
@@ -133,11 +135,14 @@ class _RPCServer(managers.Server):
         # send and recv are all the stock loop uses: a TLS stream has both
         super().accept_connection(c, name)  # type: ignore[arg-type]
 
-    def rpcgen_accept(self, conn: Link, name: str) -> None:
+    def rpcgen_accept(self, conn: Link, name: str, shared: Any = None) -> None:
         set_recv_timeout(conn, 0)  # authenticated: an idle connection may wait for ever
         threading.current_thread().name = name
-        conn.send(("#RETURN", None))
-        self._serve_calls(conn)
+        # The client's shared memory (see .shm), if it offered some and it checks out;
+        # never under TLS (whoever asked for TLS asked for every frame to be protected).
+        link = None if shared is None or isinstance(conn, TlsStream) else shm.accept(shared)
+        conn.send(("#RETURN", link is not None))
+        self._serve_calls(conn, link)
         raise SystemExit(0)  # handle_request closes the connection, as for the stock loop
 
     def rpcgen_accept_mux(self, conn: Link, name: str) -> None:
@@ -147,12 +152,13 @@ class _RPCServer(managers.Server):
         MuxSession(self, conn.fileno(), conn.tls if isinstance(conn, TlsStream) else None).run()
         raise SystemExit(0)
 
-    def _serve_calls(self, conn: Link) -> None:
+    def _serve_calls(self, conn: Link, link: SharedLink | None = None) -> None:
         """One client connection: call, reply, repeat, until EOF or stop."""
         fd = stream_of(conn)
         stop = self.stop_event
         answer = self.dispatch.answer
         limit = self.max_message_bytes
+        reader = None if link is None else link.reader
         while not stop.is_set():
             try:
                 request = recv_message(fd, limit)
@@ -161,7 +167,7 @@ class _RPCServer(managers.Server):
                 return
             except (EOFError, OSError):
                 return
-            reply = answer(request, 0.0)  # no queue: a call arrives as it is read
+            reply = answer(request, 0.0, shared=reader)  # no queue: a call arrives as read
             del request
             if isinstance(reply, StreamCall):
                 # The connection carries the stream until its end (the client reads it
@@ -177,6 +183,10 @@ class _RPCServer(managers.Server):
                 if not stream.run():
                     return
                 continue
+            if link is not None:
+                # Copied into shared memory, the reply no longer holds the request's
+                # buffers (an echo's): the client may use their memory again.
+                reply = link.place(reply)
             try:
                 send_message(fd, reply)
             except OSError:

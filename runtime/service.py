@@ -34,6 +34,7 @@ from .constants import (
     DEFAULT_HANDSHAKE_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_SHARED_MEMORY_BYTES,
 )
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -161,9 +162,10 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         ssl_context: Callable[[bool], ssl.SSLContext] | None = None,
         call_timeout_s: float | None = None,
         stream_window: tuple[int, int] | None = None,
+        shared_memory_bytes: int = DEFAULT_SHARED_MEMORY_BYTES,
     ) -> None:
         tls_policy = TlsPolicy(tls, ssl_context)  # checks both (ValueError, one line)
-        check_call_options(call_timeout_s, stream_window)
+        check_call_options(call_timeout_s, stream_window, shared_memory_bytes)
         check_client_settings(
             service_name,
             port,
@@ -217,6 +219,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
         self.call_timeout_s = call_timeout_s
         #: (items, bytes) a stream's server may send ahead of its consumer
         self.stream_window = stream_window
+        self.shared_memory_bytes = shared_memory_bytes
         self._rpc_health_monitor = health_monitor
         self._rpc_start_method = start_method
         self._clock = clock
@@ -285,6 +288,7 @@ class RPCServiceBase(SharedClient, Generic[ServerT], metaclass=ABCMeta):
             call_timeout_s=getattr(self, "call_timeout_s", None),
             idempotent=frozenset(self.rpc_idempotent_methods),
             stream_window=getattr(self, "stream_window", None),
+            shared_memory_bytes=getattr(self, "shared_memory_bytes", DEFAULT_SHARED_MEMORY_BYTES),
         )
 
     def _rpc_tls_policy(self) -> TlsPolicy:

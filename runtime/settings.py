@@ -22,6 +22,7 @@ from .constants import (
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RAY_NAMESPACE,
+    DEFAULT_SHARED_MEMORY_BYTES,
     MAX_CONCURRENT_CALLS_LIMIT,
 )
 from .endpoint import Endpoint, is_loopback
@@ -271,6 +272,8 @@ class ServiceSettings:
     idempotent: frozenset[str] = frozenset()
     #: (items, bytes) a stream may run ahead of its consumer (None: the server's default)
     stream_window: tuple[int, int] | None = None
+    #: shared memory each way per connection for large buffers on this host (0: none)
+    shared_memory_bytes: int = DEFAULT_SHARED_MEMORY_BYTES
 
     @property
     def endpoint(self) -> Endpoint:
@@ -285,7 +288,15 @@ class ServiceSettings:
         return self.transport == "unix" or is_loopback(self.host)
 
 
-def check_call_options(call_timeout_s: float | None, stream_window: tuple[int, int] | None) -> None:
+def check_call_options(
+    call_timeout_s: float | None,
+    stream_window: tuple[int, int] | None,
+    shared_memory_bytes: int = 0,
+) -> None:
+    if type(shared_memory_bytes) is not int or shared_memory_bytes < 0:
+        raise ValueError(
+            f"shared_memory_bytes must be an int, 0 or more, got {shared_memory_bytes!r}"
+        )
     if call_timeout_s is not None and not (0 < call_timeout_s < float("inf")):
         raise ValueError(f"call_timeout_s must be a positive number, got {call_timeout_s!r}")
     if stream_window is not None and (

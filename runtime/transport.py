@@ -38,7 +38,7 @@ import struct
 import tempfile
 import threading
 from multiprocessing import AuthenticationError, connection, managers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -50,6 +50,9 @@ from .errors import (
 )
 from .tls import TlsPolicy, TlsStream
 from .wire import Payload, Stream, dumps, looks_big, read_exactly, write_all
+
+if TYPE_CHECKING:
+    from .shm import Offer, SharedLink
 
 __all__ = [
     "OBJECT_ID",
@@ -272,8 +275,9 @@ def _handshake(
     timeout_s: float,
     request: tuple[Any, ...],
     tls: TlsPolicy | None = None,
-) -> Link:
-    """Connect, authenticate both ways, send one manager-level request, read its reply.
+) -> tuple[Link, Any]:
+    """Connect, authenticate both ways, send one manager-level request, read its reply
+    (returned with the connection).
 
     Every step is bounded by ``timeout_s``. Raises :class:`ServiceUnavailable`,
     :class:`ServiceAuthenticationError` or :class:`ServiceTLSError`; never a raw
@@ -338,7 +342,7 @@ def _handshake(
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, result
 
 
 def _tls_connect(
@@ -394,12 +398,15 @@ def open_connection(
     timeout_s: float,
     mux: bool = False,
     tls: TlsPolicy | None = None,
+    shared: tuple[SharedLink, Offer] | None = None,
 ) -> Link:
     """Open one authenticated connection that the server serves in its own thread.
 
     ``mux``: a multiplexed connection (tagged frames, many calls in flight), for asyncio.
+    ``shared``: arenas to offer the server (see .shm); their ``accepted`` says if it
+    took them.
     """
-    conn = _handshake(
+    conn, answer = _handshake(
         address,
         authkey,
         service=service,
@@ -408,10 +415,12 @@ def open_connection(
             None,
             "rpcgen_accept_mux" if mux else "rpcgen_accept",
             (threading.current_thread().name,),
-            {},
+            {} if shared is None else {"shared": shared[1]},
         ),
         tls=tls,
     )
+    if shared is not None:
+        shared[0].accepted = answer is True
     try:
         with socket.socket(fileno=os.dup(conn.fileno())) as view:
             _set_recv_timeout(view, 0.0)  # calls block until replied, unless given a timeout
@@ -437,4 +446,4 @@ def request_shutdown(
         timeout_s=timeout_s,
         request=(None, "shutdown", (), {}),
         tls=tls,
-    ).close()
+    )[0].close()

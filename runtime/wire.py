@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
-from .oob import LargeBuffer, OutOfBand, dumps_oob, small_only
+from .oob import LargeBuffer, Pieces, dumps_oob, small_only
 
 __all__ = [
     "CONTROL",
@@ -93,7 +93,7 @@ def looks_big(values: Iterable[Any]) -> bool:
 #: a message as read: small ones as bytes, large ones in a buffer of their own
 Received = bytes | bytearray | mmap.mmap
 #: a message: pickled bytes, or a pickle with its large buffers beside it (see .oob)
-Payload = bytes | memoryview | OutOfBand
+Payload = bytes | memoryview | Pieces
 
 
 def dumps(obj: Any, big: bool) -> Payload:
@@ -165,7 +165,7 @@ def message_bounds(buffer: bytes | bytearray, max_bytes: int) -> tuple[int, int]
 
 def send_message(fd: Stream, data: Payload) -> None:
     n = len(data)
-    if isinstance(data, OutOfBand):  # header and pieces in one writev, the buffers uncopied
+    if isinstance(data, Pieces):  # header and pieces in one writev, the buffers uncopied
         head = _HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _LONG.pack(n)
         write_frames(fd, [head, *data.pieces()])
         return
@@ -302,7 +302,7 @@ class TooLarge(ProtocolError):
 def tagged_frame(ident: int, body: Payload) -> list[bytes | memoryview]:
     """The pieces of one tagged frame (header, then the pickle, not copied)."""
     n = len(body) + _ID.size
-    if isinstance(body, OutOfBand):
+    if isinstance(body, Pieces):
         pieces = body.pieces()
     elif n <= _SMALL:
         return [_HEADER.pack(n) + _ID.pack(ident) + body]

@@ -178,6 +178,7 @@ class BufferServer:
 
     def __init__(self) -> None:
         self.kept: Any = None
+        self.echoes = 0
 
     def health_check_rpc(self) -> dict[str, Any]:
         return {"status": "ok"}
@@ -194,6 +195,17 @@ class BufferServer:
     def writable_rpc(self, array: Any) -> bool:
         return bool(array.flags.writeable)
 
+    def shared_rpc(self, value: Any) -> bool:
+        """Whether ``value`` (an array) arrived as a view of shared memory."""
+        return in_shared_memory(value)
+
+    def echoes_rpc(self) -> int:
+        return self.echoes
+
+    def count_echo_rpc(self, value: Any) -> Any:
+        self.echoes += 1
+        return value
+
     def scribble_rpc(self, array: Any) -> Any:
         """Change the array it got, in place, and send it back."""
         array[:] = 7
@@ -204,6 +216,29 @@ class BufferServer:
 
         for i in range(n):
             yield numpy.full(size, i % 256, dtype=numpy.uint8)
+
+
+def in_shared_memory(array: Any) -> bool:
+    """Whether a numpy array's memory is a mapping of an rpcgen arena (see .shm): its
+    address, looked up in this process's /proc/self/maps."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span = line.split(maxsplit=1)[0]
+            low, high = (int(x, 16) for x in span.split("-"))
+            if low <= address < high:
+                return "memfd:rpcgen-arena" in line
+    return False
+
+
+def echo_in_child(port: int, size: int) -> None:
+    """A client process that echoes large arrays until it is killed (tests SIGKILL it)."""
+    import numpy
+
+    client = Buffers.attach(port=port, service_name="Buffers")
+    array = numpy.ones(size, dtype=numpy.uint8)
+    while True:
+        client.server.count_echo_rpc(array)
 
 
 def serve_buffers(address: Address, authkey: bytes, ready: ReadySignal) -> None:
