@@ -75,6 +75,16 @@ def test_large_arrays_go_through_shared_memory_both_ways(buffers: Buffers) -> No
     assert np.array_equal(buffers.server.echo_rpc(small), small)
 
 
+@pytest.mark.slow
+def test_a_512_mb_array_nested_in_a_dict_round_trips(buffers: Buffers) -> None:
+    array = _array(512, 5)
+    out = buffers.server.echo_rpc({"weights": array, "name": "w"})
+    assert out["name"] == "w" and in_shared_memory(out["weights"])
+    assert np.array_equal(out["weights"], array)
+    del out
+    assert buffers.server.shared_rpc(array[: 64 * MIB])
+
+
 def test_copies_stay_copies_on_both_sides(buffers: Buffers) -> None:
     array = _array(8)
     before = array.copy()
