@@ -26,12 +26,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import CallTimeout, MessageTooLarge, ServiceStopped
+from .oob import SharedReader
 from .oob import loads as oob_loads
+from .shm import SharedLink
 from .stream_aio import AsyncRemoteStream, CallFuture
 from .stream_server import CLOSE
 from .tls import Tls
 from .transport import request_payload
 from .wire import CONTROL, FrameReader, Payload, ProtocolError, tagged_frame
+
+#: a new multiplexed connection: fd, generation, TLS state, shared memory
+Opened = tuple[int, int, Tls | None, SharedLink | None]
 
 __all__ = ["LoopConnections", "MuxClient", "MuxConnection"]
 
@@ -57,10 +62,11 @@ class MuxConnection:
         fd: int,
         generation: int,
         *,
-        decode: Callable[[str, bytes], Any],
+        decode: Callable[[str, bytes, SharedReader | None], Any],
         lost_error: Callable[[str, BaseException | None], Exception],
         max_bytes: int,
         tls: Tls | None = None,
+        shared: SharedLink | None = None,
     ) -> None:
         # Weak: the proxy's table maps the loop (weakly) to us, so a strong reference
         # here would keep every finished asyncio.run() loop, and our fd, alive.
@@ -75,6 +81,9 @@ class MuxConnection:
         # awaits: no coroutine of ours per call.
         self._decode = decode
         self._lost_error = lost_error
+        #: this connection's shared memory for large buffers (see .shm), if it has any
+        self.shared = shared
+        self._in_shared = None if shared is None else shared.reader
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         #: open streams, held weakly: one its consumer dropped is collected (and closed)
         self._streams: dict[int, weakref.ReferenceType[AsyncRemoteStream[Any]]] = {}
@@ -90,7 +99,7 @@ class MuxConnection:
         # A loop that is dropped without anyone closing us (asyncio.run() ends) takes
         # the fd with it.
         self._fd_box = [fd]
-        self._finalizer = weakref.finalize(loop, _close_fd, self._fd_lock, self._fd_box)
+        self._finalizer = weakref.finalize(loop, _close_fd, self._fd_lock, self._fd_box, shared)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._pending)} in flight"
@@ -107,6 +116,8 @@ class MuxConnection:
         future._rpc_conn, future._rpc_ident = self, ident  # its cancel tells the server
         pending = self._pending
         pending[ident] = (future, method)
+        if self.shared is not None:
+            payload = self.shared.place(payload)
         self._out.extend(tagged_frame(ident, payload))
         if not (self._flush_scheduled or self._writer_registered):
             if len(pending) == 1:
@@ -121,6 +132,8 @@ class MuxConnection:
         """Send a streaming call's request; its frames go to ``stream.deliver``."""
         ident = next(self._ids)
         self._streams[ident] = weakref.ref(stream)
+        if self.shared is not None:
+            payload = self.shared.place(payload)
         self._send_now(loop, tagged_frame(ident, payload))
         return ident
 
@@ -196,7 +209,7 @@ class MuxConnection:
             self._lost(exc)
             return
         pending = self._pending
-        decode = self._decode
+        decode, reader = self._decode, self._in_shared
         for ident, body in frames:
             entry = pending.pop(ident, None)
             if entry is None:
@@ -206,7 +219,7 @@ class MuxConnection:
             if future.done():  # its caller was cancelled or timed out: the reply is dropped
                 continue
             try:
-                result = decode(method, body)
+                result = decode(method, body, reader)
             except Exception as exc:
                 future.set_exception(_settable(exc))
             else:
@@ -257,7 +270,7 @@ class MuxConnection:
 
     def _close_fd(self) -> None:
         self._finalizer.detach()
-        _close_fd(self._fd_lock, self._fd_box)
+        _close_fd(self._fd_lock, self._fd_box, self.shared)
 
     def close_threadsafe(self) -> None:
         """Close from any thread; calls in flight fail (typed) on the loop's thread."""
@@ -286,14 +299,16 @@ class MuxConnection:
         """After fork: close this process's copy of the fd; the loop is the parent's."""
         self.closed = True
         self._finalizer.detach()
-        _close_fd(self._fd_lock, self._fd_box)
+        _close_fd(self._fd_lock, self._fd_box, self.shared)
 
 
-def _close_fd(lock: threading.Lock, box: list[int]) -> None:
+def _close_fd(lock: threading.Lock, box: list[int], shared: SharedLink | None = None) -> None:
     with lock:
         fd, box[0] = box[0], -1
     if fd >= 0:
         os.close(fd)
+    if shared is not None:
+        shared.close()  # its memory back, but for blocks still held (idempotent)
 
 
 class MuxClient(Protocol):
@@ -306,12 +321,12 @@ class MuxClient(Protocol):
     _rpc_max_message_bytes: int
     _rpc_window: tuple[int, int] | None
 
-    def _rpc_open_mux(self, timeout_s: float | None) -> tuple[int, int, Tls | None]:
+    def _rpc_open_mux(self, timeout_s: float | None) -> Opened:
         """Handshake (blocking): a multiplexed connection's fd, its generation, and its
         TLS state (None: plain)."""
         ...
 
-    def _rpc_decode(self, method: str, reply: bytes) -> Any: ...
+    def _rpc_decode(self, method: str, reply: bytes, shared: SharedReader | None) -> Any: ...
 
     def _rpc_final_error(self, method: str, kind: str, value: Any) -> BaseException | None:
         """What a stream's last message means: None (its end) or the error to raise."""
@@ -452,9 +467,7 @@ class LoopConnections:
         # The handshake blocks (and may wait for a restart): not on the loop's thread. Its
         # own thread, not the loop's executor: if this task is cancelled (asyncio.run()
         # ending mid-connect), the fd the handshake still returns must be closed, not leaked.
-        handshake: concurrent.futures.Future[tuple[int, int, Tls | None]] = (
-            concurrent.futures.Future()
-        )
+        handshake: concurrent.futures.Future[Opened] = concurrent.futures.Future()
         threading.Thread(
             target=_handshake,
             args=(client, timeout_s, handshake),
@@ -462,7 +475,7 @@ class LoopConnections:
             daemon=True,
         ).start()
         try:
-            fd, generation, tls = await asyncio.wrap_future(handshake)
+            fd, generation, tls, shared = await asyncio.wrap_future(handshake)
         except asyncio.CancelledError:
             handshake.add_done_callback(_close_unused)
             raise
@@ -474,6 +487,7 @@ class LoopConnections:
             lost_error=client._rpc_transport_error,
             max_bytes=client._rpc_max_message_bytes,
             tls=tls,
+            shared=shared,
         )
         with self.lock:
             # The proxy sets _rpc_closed before it closes us (under this lock): a
@@ -506,7 +520,7 @@ def _request(
 def _handshake(
     client: MuxClient,
     timeout_s: float | None,
-    result: concurrent.futures.Future[tuple[int, int, Tls | None]],
+    result: concurrent.futures.Future[Opened],
 ) -> None:
     if not result.set_running_or_notify_cancel():
         return  # the caller was cancelled before we began
@@ -516,6 +530,6 @@ def _handshake(
         result.set_exception(exc)
 
 
-def _close_unused(result: concurrent.futures.Future[tuple[int, int, Tls | None]]) -> None:
+def _close_unused(result: concurrent.futures.Future[Opened]) -> None:
     if not result.cancelled() and result.exception() is None:
         os.close(result.result()[0])

@@ -26,6 +26,7 @@ from .wire import CONTROL, FrameReader, Payload, ProtocolError, Stream, tagged_f
 
 if TYPE_CHECKING:
     from .serve import _RPCServer
+    from .shm import SharedLink
 
 __all__ = ["MuxSession"]
 
@@ -54,8 +55,12 @@ class MuxSession:
     ``_INBOX_HIGH`` bytes of requests wait for a thread.
     """
 
-    def __init__(self, server: _RPCServer, fd: int, tls: Tls | None = None) -> None:
+    def __init__(
+        self, server: _RPCServer, fd: int, tls: Tls | None = None, link: SharedLink | None = None
+    ) -> None:
         self.server = server
+        #: the client's shared memory for large buffers (see .shm), if it has any
+        self.link = link
         self.calls: dict[int, CallContext] = {}  # running unary calls, for cancels
         self.streams: dict[int, ServerStream] = {}
         self.fd = fd
@@ -99,6 +104,8 @@ class MuxSession:
                 worker.join()
             for thread in list(self.stream_threads):
                 thread.join()
+            if self.link is not None:
+                self.link.close()  # its memory back, but for blocks still held
 
     def _dispatch(self, item: tuple[int, bytes, float]) -> None:
         with self.lock:
@@ -119,6 +126,8 @@ class MuxSession:
         answer = self.server.dispatch.answer
         calls = self.calls
         lock = self.lock
+        link = self.link
+        reader = None if link is None else link.reader
         while True:
             with lock:
                 self.free += 1
@@ -132,10 +141,12 @@ class MuxSession:
             if item is None:
                 return
             ident, request, arrived = item
-            reply = answer(request, arrived, calls, ident)
+            reply = answer(request, arrived, calls, ident, reader)
             if isinstance(reply, StreamCall):
                 self._open_stream(ident, reply)
             else:
+                if link is not None:
+                    reply = link.place(reply)  # the request's buffers are free from here
                 self._send(tagged_frame(ident, reply))
             del item, request, reply
 

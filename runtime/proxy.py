@@ -38,7 +38,7 @@ from .replies import ReplyErrors, unpickle_reply
 from .retry import retrying
 from .shm import Offer, Reader, SharedLink
 from .stream_client import RemoteStream
-from .tls import Tls, TlsPolicy, TlsStream
+from .tls import TlsPolicy, TlsStream
 from .transport import Link, describe, open_connection, request_payload, stream_of
 from .wire import (
     Payload,
@@ -50,7 +50,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from .mux import LoopConnections
+    from .mux import LoopConnections, Opened
     from .stock import StockClient
 
 __all__ = ["RPCProxy"]
@@ -254,15 +254,19 @@ class RPCProxy(CallsByName, ReplyErrors):
         self._rpc_tls.holder = holder
         return holder
 
-    def _rpc_open_mux(self, timeout_s: float | None = None) -> tuple[int, int, Tls | None]:
-        """Open a multiplexed connection (blocking): its own fd, the generation, and its
-        TLS state (None: plain)."""
-        conn, generation = self._rpc_handshake(wait_ready=True, timeout_s=timeout_s, mux=True)
+    def _rpc_open_mux(self, timeout_s: float | None = None) -> Opened:
+        """Open a multiplexed connection (blocking): its own fd, the generation, its TLS
+        state (None: plain) and its shared memory (None: none)."""
+        offered = self._rpc_offer()
+        conn, generation = self._rpc_handshake(
+            wait_ready=True, timeout_s=timeout_s, mux=True, shared=offered
+        )
         try:
             fd = os.dup(conn.fileno())
         finally:
             conn.close()
-        return fd, generation, conn.tls if isinstance(conn, TlsStream) else None
+        shared = offered[0] if offered is not None and offered[0].accepted else None
+        return fd, generation, conn.tls if isinstance(conn, TlsStream) else None, shared
 
     def _rpc_offer(self) -> tuple[SharedLink, Offer] | None:
         """Shared memory to offer a new connection: on this host (loopback or a Unix

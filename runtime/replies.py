@@ -117,9 +117,11 @@ class ReplyErrors:
             service=self._rpc_service, host=host, port=port, reason=f"{method}(): {reason}"
         )
 
-    def _rpc_decode(self, method: str, reply: bytes | bytearray) -> Any:
+    def _rpc_decode(
+        self, method: str, reply: bytes | bytearray, shared: SharedReader | None = None
+    ) -> Any:
         """The result in a pickled reply, or its exception raised."""
-        kind, result = unpickle_reply(self._rpc_service, method, reply)
+        kind, result = unpickle_reply(self._rpc_service, method, reply, shared)
         if kind == "#RETURN":
             return result
         return self._rpc_result(method, kind, result)

@@ -145,11 +145,13 @@ class _RPCServer(managers.Server):
         self._serve_calls(conn, link)
         raise SystemExit(0)  # handle_request closes the connection, as for the stock loop
 
-    def rpcgen_accept_mux(self, conn: Link, name: str) -> None:
+    def rpcgen_accept_mux(self, conn: Link, name: str, shared: Any = None) -> None:
         set_recv_timeout(conn, 0)
         threading.current_thread().name = name
-        conn.send(("#RETURN", None))
-        MuxSession(self, conn.fileno(), conn.tls if isinstance(conn, TlsStream) else None).run()
+        link = None if shared is None or isinstance(conn, TlsStream) else shm.accept(shared)
+        conn.send(("#RETURN", link is not None))
+        tls = conn.tls if isinstance(conn, TlsStream) else None
+        MuxSession(self, conn.fileno(), tls, link).run()
         raise SystemExit(0)
 
     def _serve_calls(self, conn: Link, link: SharedLink | None = None) -> None:

@@ -6,6 +6,7 @@ another user."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import multiprocessing
@@ -73,6 +74,18 @@ def test_large_arrays_go_through_shared_memory_both_ways(buffers: Buffers) -> No
     small = _array(1 / 16)  # under SHM_MIN_BYTES: the socket
     assert not buffers.server.shared_rpc(small)
     assert np.array_equal(buffers.server.echo_rpc(small), small)
+
+
+def test_asyncio_calls_go_through_shared_memory_too(buffers: Buffers) -> None:
+    async def main() -> list[Any]:
+        arrays = [_array(4, seed) for seed in range(8)]
+        got = await asyncio.gather(*(buffers._rpc_acall("echo_rpc", (a,)) for a in arrays))
+        assert await buffers._rpc_acall("shared_rpc", (arrays[0],))  # the server got a view
+        return [
+            (np.array_equal(g, a), in_shared_memory(g)) for g, a in zip(got, arrays, strict=True)
+        ]
+
+    assert asyncio.run(main()) == [(True, True)] * 8
 
 
 @pytest.mark.slow
