@@ -25,21 +25,29 @@ from . import shm
 from .backend import CallsByName
 from .calls import _DEADLINE, current_deadline
 from .constants import DEFAULT_MAX_MESSAGE_BYTES
-from .endpoint import Address, Endpoint, is_loopback
+from .endpoint import Address
 from .errors import (
     CallTimeout,
     ServiceAuthenticationError,
     ServiceStopped,
-    ServiceTLSError,
     ServiceUnavailable,
 )
 from .oob import loads as oob_loads
 from .replies import ReplyErrors, unpickle_reply
 from .retry import retrying
-from .shm import Offer, Reader, SharedLink
+from .shm import Reader, SharedLink
 from .stream_client import RemoteStream
 from .tls import TlsPolicy, TlsStream
-from .transport import Link, describe, open_connection, request_payload, stream_of
+from .transport import (
+    Link,
+    again_if_cut_short,
+    close,
+    describe,
+    open_connection,
+    request_payload,
+    share,
+    stream_of,
+)
 from .wire import (
     Payload,
     ProtocolError,
@@ -97,18 +105,7 @@ def _forget(proxy_ref: weakref.ReferenceType[RPCProxy], conn: Link) -> None:
     # then, and would never be released. The child's after-fork hook drops the set.
     if proxy is not None and proxy._rpc_pid == os.getpid() and not proxy._rpc_forget(conn):
         return  # _rpc_drop_all took it, and closes it
-    _close(conn)
-
-
-#: each connection's shared memory, closed with it (whichever thread's holder has it)
-_LINKS: weakref.WeakKeyDictionary[Link, SharedLink] = weakref.WeakKeyDictionary()
-
-
-def _close(conn: Link) -> None:
-    conn.close()
-    link = None if isinstance(conn, TlsStream) else _LINKS.pop(conn, None)  # TLS: never
-    if link is not None:
-        link.close()  # gives its memory back now, not when the holder goes
+    close(conn)
 
 
 _LIVE_PROXIES: weakref.WeakSet[RPCProxy] = weakref.WeakSet()
@@ -237,16 +234,12 @@ class RPCProxy(CallsByName, ReplyErrors):
 
     def _rpc_open(self, *, wait_ready: bool = True, timeout_s: float | None = None) -> _Holder:
         """Open this thread's connection; ``timeout_s`` (a call's timeout) bounds it too."""
-        offered = self._rpc_offer()
-        conn, generation = self._rpc_handshake(
-            wait_ready=wait_ready, timeout_s=timeout_s, shared=offered
-        )
-        shared = offered[0] if offered is not None and offered[0].accepted else None
+        conn, generation, shared = self._rpc_handshake(wait_ready=wait_ready, timeout_s=timeout_s)
         if shared is not None:
-            _LINKS[conn] = shared
+            share(conn, shared)
         with self._rpc_lock:
             if self._rpc_closed:
-                _close(conn)
+                close(conn)
                 raise ServiceStopped(service=self._rpc_service)
             self._rpc_conns.add(conn)
         holder = _Holder(conn, generation, shared)
@@ -257,36 +250,19 @@ class RPCProxy(CallsByName, ReplyErrors):
     def _rpc_open_mux(self, timeout_s: float | None = None) -> Opened:
         """Open a multiplexed connection (blocking): its own fd, the generation, its TLS
         state (None: plain) and its shared memory (None: none)."""
-        offered = self._rpc_offer()
-        conn, generation = self._rpc_handshake(
-            wait_ready=True, timeout_s=timeout_s, mux=True, shared=offered
+        conn, generation, shared = self._rpc_handshake(
+            wait_ready=True, timeout_s=timeout_s, mux=True
         )
         try:
             fd = os.dup(conn.fileno())
         finally:
             conn.close()
-        shared = offered[0] if offered is not None and offered[0].accepted else None
         return fd, generation, conn.tls if isinstance(conn, TlsStream) else None, shared
 
-    def _rpc_offer(self) -> tuple[SharedLink, Offer] | None:
-        """Shared memory to offer a new connection: on this host (loopback or a Unix
-        socket), never under TLS (see .shm)."""
-        address = self._rpc_address
-        if not self._rpc_shared_bytes or self._rpc_tls_policy.applies(address):
-            return None
-        endpoint = Endpoint.of(address)
-        if endpoint.path is None and not is_loopback(endpoint.host):
-            return None
-        return shm.offer(self._rpc_shared_bytes)
-
     def _rpc_handshake(
-        self,
-        *,
-        wait_ready: bool,
-        timeout_s: float | None,
-        mux: bool = False,
-        shared: tuple[SharedLink, Offer] | None = None,
-    ) -> tuple[Link, int]:
+        self, *, wait_ready: bool, timeout_s: float | None, mux: bool = False
+    ) -> tuple[Link, int, SharedLink | None]:
+        """A new connection, its generation, and its shared memory if the server took it."""
         if self._rpc_closed:
             raise ServiceStopped(service=self._rpc_service)
         bound = self._rpc_connect_timeout_s
@@ -295,6 +271,7 @@ class RPCProxy(CallsByName, ReplyErrors):
         ready = self._rpc_wait_ready if wait_ready else None
         if ready is not None:
             ready(bound)  # a restart is under way: wait for it (bounded), don't fail fast
+        offered = shm.offer_for(self._rpc_address, self._rpc_tls_policy, self._rpc_shared_bytes)
 
         def attempt() -> Link:  # the address and key as they are now
             return open_connection(
@@ -304,12 +281,12 @@ class RPCProxy(CallsByName, ReplyErrors):
                 timeout_s=bound,
                 mux=mux,
                 tls=self._rpc_tls_policy,
-                shared=shared,
+                shared=offered,
             )
 
         generation = self._rpc_generation
         try:
-            conn = _again_if_cut_short(attempt, bound)
+            conn = again_if_cut_short(attempt, bound)
         except ServiceAuthenticationError:
             # A restart can put a new server, with a new key, on the port between the
             # wait above and the connect. Then (and only then) wait for the restart to
@@ -319,7 +296,8 @@ class RPCProxy(CallsByName, ReplyErrors):
             ready(bound)
             generation = self._rpc_generation
             conn = attempt()
-        return conn, generation
+        link = offered[0] if offered is not None and offered[0].accepted else None
+        return conn, generation, link
 
     def _rpc_wait_with(self, wait_ready: Callable[[float], bool]) -> None:
         """How a new connection waits for the server (a forked copy follows it instead)."""
@@ -342,7 +320,7 @@ class RPCProxy(CallsByName, ReplyErrors):
     def _rpc_discard(self, conn: Link) -> None:
         self._rpc_tls.holder = None
         if self._rpc_forget(conn):
-            _close(conn)
+            close(conn)
 
     def _rpc_drop_all(self) -> None:
         with self._rpc_lock:
@@ -376,7 +354,7 @@ class RPCProxy(CallsByName, ReplyErrors):
         self._rpc_init_state()
         self._rpc_closed = closed
         for conn in inherited:
-            _close(conn)  # our copy of the fd only; the parent's socket stays open
+            close(conn)  # our copy of the fd only; the parent's socket stays open
         if loops is not None:
             loops.close_in_child()
 
@@ -501,7 +479,7 @@ class RPCProxy(CallsByName, ReplyErrors):
 
     def _rpc_forget_holder(self, holder: _Holder) -> None:
         if self._rpc_forget(holder.conn):
-            _close(holder.conn)
+            close(holder.conn)
 
     def _rpc_acall(
         self,
@@ -575,26 +553,6 @@ class RPCProxy(CallsByName, ReplyErrors):
         )
 
 
-def _cut_short(exc: BaseException) -> bool:
-    """Whether the server hung up mid-handshake, before it proved anything: a server whose
-    table of pending handshakes was full (under attack) drops the newest peers it has
-    not heard from yet. Nothing of the call was sent, so trying again is safe."""
-    return isinstance(exc.__cause__, (EOFError, ConnectionResetError, BrokenPipeError))
-
-
-def _again_if_cut_short(attempt: Callable[[], Link], bound_s: float) -> Link:
-    deadline = time.monotonic() + bound_s
-    delay = 0.02
-    while True:
-        try:
-            return attempt()
-        except (ServiceUnavailable, ServiceTLSError) as exc:
-            if not _cut_short(exc) or time.monotonic() + delay >= deadline:
-                raise
-        time.sleep(delay)  # a short backoff: the server sheds load, then takes us
-        delay = min(delay * 2, 0.25)
-
-
 def _rebuild_proxy(
     service: str,
     address: Address,
@@ -629,4 +587,4 @@ def _shutdown_and_close(conn: Link) -> None:
             view.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    _close(conn)
+    close(conn)

@@ -46,7 +46,9 @@ import threading
 import weakref
 from typing import Any
 
+from .endpoint import Address, Endpoint, is_loopback
 from .oob import SHARED, OutOfBand, Pieces
+from .tls import TlsPolicy
 
 __all__ = [
     "SHM_MIN_BYTES",
@@ -56,6 +58,7 @@ __all__ = [
     "Writer",
     "accept",
     "offer",
+    "offer_for",
 ]
 
 logger = logging.getLogger("rpcgen")
@@ -299,6 +302,17 @@ def _arena(limit: int, token: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def offer_for(address: Address, tls: TlsPolicy, limit: int) -> tuple[SharedLink, Offer] | None:
+    """Shared memory to offer a new connection to ``address``: only on this host (loopback
+    or a Unix socket), never under TLS, and not with ``limit`` 0."""
+    if not limit or tls.applies(address):
+        return None
+    endpoint = Endpoint.of(address)
+    if endpoint.path is None and not is_loopback(endpoint.host):
+        return None
+    return offer(limit)
 
 
 def offer(limit: int) -> tuple[SharedLink, Offer] | None:

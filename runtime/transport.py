@@ -37,6 +37,9 @@ import ssl
 import struct
 import tempfile
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from multiprocessing import AuthenticationError, connection, managers
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +63,9 @@ __all__ = [
     "TLS_BINDING",
     "Address",
     "Link",
+    "again_if_cut_short",
     "client_handshake",
+    "close",
     "connect",
     "default_socket_dir",
     "describe",
@@ -69,6 +74,7 @@ __all__ = [
     "request_payload",
     "request_shutdown",
     "set_recv_timeout",
+    "share",
     "socket_binding",
     "stream_of",
     "unix_socket_path",
@@ -447,3 +453,42 @@ def request_shutdown(
         request=(None, "shutdown", (), {}),
         tls=tls,
     )[0].close()
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether the server hung up mid-handshake, before it proved anything: a server whose
+    table of pending handshakes was full (under attack) drops the newest peers it has
+    not heard from yet. Nothing of the call was sent, so trying again is safe."""
+    return isinstance(exc.__cause__, (EOFError, ConnectionResetError, BrokenPipeError))
+
+
+def again_if_cut_short(attempt: Callable[[], Link], bound_s: float) -> Link:
+    """``attempt()`` (a connection), tried again with a short backoff while the server
+    hangs up mid-handshake, within ``bound_s``."""
+    deadline = time.monotonic() + bound_s
+    delay = 0.02
+    while True:
+        try:
+            return attempt()
+        except (ServiceUnavailable, ServiceTLSError) as exc:
+            if not _cut_short(exc) or time.monotonic() + delay >= deadline:
+                raise
+        time.sleep(delay)  # a short backoff: the server sheds load, then takes us
+        delay = min(delay * 2, 0.25)
+
+
+#: each connection's shared memory (see .shm), closed with it
+_SHARED: weakref.WeakKeyDictionary[Link, SharedLink] = weakref.WeakKeyDictionary()
+
+
+def share(conn: Link, link: SharedLink) -> None:
+    """Close ``link`` with ``conn`` (see :func:`close`), whoever closes it."""
+    _SHARED[conn] = link
+
+
+def close(conn: Link) -> None:
+    """Close ``conn``, and give back its shared memory now (not when its last user goes)."""
+    conn.close()
+    link = None if isinstance(conn, TlsStream) else _SHARED.pop(conn, None)  # TLS: none
+    if link is not None:
+        link.close()

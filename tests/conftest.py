@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.ray_cluster import SKIP_NO_RAY, RayNode, ray_installed, start_node
+from tests.support.stream_services import Buffers
 from tests.support.waiting import free_port
 
 # Projects kept as they were generated (their tests run inside them, not here).
@@ -23,6 +24,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(params=["fork", "spawn", "forkserver"])
+def buffers(request: pytest.FixtureRequest, port: int) -> Iterator[Buffers]:
+    """A started Buffers client (large-data tests), once per start method."""
+    client = Buffers(port, start_method=request.param)
+    try:
+        yield client
+    finally:
+        client.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ copies stay copies."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,6 @@ from tests.support.stream_services import Buffers
 
 np = pytest.importorskip("numpy", reason="the large-data tests need numpy (pip install numpy)")
 
-START_METHODS = ["fork", "spawn", "forkserver"]
 SIZES = [1 << 10, 1 << 20, 64 << 20]
 
 
@@ -23,15 +21,6 @@ SIZES = [1 << 10, 1 << 20, 64 << 20]
 class Frame:
     name: str
     pixels: Any
-
-
-@pytest.fixture(params=START_METHODS)
-def buffers(request: pytest.FixtureRequest, port: int) -> Iterator[Buffers]:
-    client = Buffers(port, start_method=request.param)
-    try:
-        yield client
-    finally:
-        client.shutdown()
 
 
 def _array(size: int, seed: int = 0) -> Any:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +49,6 @@ def arenas(pid: int) -> tuple[int, int]:
 
 def dev_shm() -> list[str]:
     return sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
-
-
-@pytest.fixture(params=["fork", "spawn", "forkserver"])
-def buffers(request: pytest.FixtureRequest, port: int) -> Iterator[Buffers]:
-    client = Buffers(port, start_method=request.param)
-    try:
-        yield client
-    finally:
-        client.shutdown()
 
 
 def _array(mib: float, seed: int = 0) -> Any:
