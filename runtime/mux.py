@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import CallTimeout, MessageTooLarge, ServiceStopped
-from .oob import SharedReader
+from .oob import SharedReader, window_size
 from .oob import loads as oob_loads
 from .shm import SharedLink
 from .stream_aio import AsyncRemoteStream, CallFuture
@@ -234,11 +234,11 @@ class MuxConnection:
                 self.control(ident, CLOSE)
             return
         try:
-            kind, value = oob_loads(body)
+            kind, value = oob_loads(body, self._in_shared)
         except Exception as exc:
             stream.lost(self._lost_error(stream.method, exc))
             return
-        stream.deliver(kind, value, len(body))
+        stream.deliver(kind, value, window_size(body))
 
     def _lost(self, cause: BaseException | None) -> None:
         """Close (loop thread): every call in flight fails with the typed transport error."""

@@ -202,10 +202,12 @@ class MuxSession:
     def _open_stream(self, ident: int, opened: StreamCall) -> None:
         """Serve a stream in a thread of its own: this worker goes back to the pool."""
 
+        link = self.link
+
         def send(data: Payload) -> None:
             if self.broken:
                 raise BrokenPipeError("the client is gone")
-            self._send(tagged_frame(ident, data))
+            self._send(tagged_frame(ident, data if link is None else link.place(data)))
 
         stream = ServerStream(opened.items, opened.call, send, window=opened.window)
         self.streams[ident] = stream

@@ -33,6 +33,7 @@ __all__ = [
     "loads",
     "roundtrip",
     "small_only",
+    "window_size",
 ]
 
 #: buffers at least this large travel outside the pickle
@@ -184,3 +185,17 @@ def roundtrip(value: Any) -> Any:
     out = io.BytesIO()
     _pickler(out, 5, copy).dump(value)
     return pickle.loads(out.getbuffer(), buffers=copies)
+
+
+def window_size(data: bytes | bytearray | memoryview | mmap.mmap) -> int:
+    """A received message's size as its sender counted it (``len`` of what it sent
+    before any buffers went to shared memory): what a stream's byte window counts."""
+    if len(data) < _COUNT.size or data[0] != _MARK:
+        return len(data)
+    _, count = _COUNT.unpack_from(data, 0)
+    if not count & SHARED:
+        return len(data)
+    count &= ~SHARED
+    # [mark][count][slot u32][block u64][lengths]: the lengths say what was sent in place
+    lengths = struct.unpack_from(f"!{count + 1}Q", data, _COUNT.size + 12)
+    return int(_COUNT.size + 8 * (count + 1) + sum(lengths))

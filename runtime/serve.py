@@ -43,7 +43,7 @@ from .shm import SharedLink
 from .stream_server import ServerStream
 from .tls import Tls, TlsPolicy, TlsStream
 from .transport import OBJECT_ID, SERIALIZER, Link, set_recv_timeout, stream_of
-from .wire import ProtocolError, recv_message, send_message
+from .wire import Payload, ProtocolError, Stream, recv_message, send_message
 
 __all__ = ["serve_rpc"]
 
@@ -177,7 +177,7 @@ class _RPCServer(managers.Server):
                 stream = ServerStream(
                     reply.items,
                     reply.call,
-                    functools.partial(send_message, fd),
+                    functools.partial(_send_placed, fd, link),
                     window=reply.window,
                     control=fd,
                 )
@@ -265,6 +265,10 @@ def _watch_owner(owner_pid: int, stop: threading.Event) -> None:
     # its port blocks the next start.
     threading.Event().wait(5.0)
     os._exit(1)
+
+
+def _send_placed(fd: Stream, link: SharedLink | None, data: Payload) -> None:
+    send_message(fd, data if link is None else link.place(data))
 
 
 def serve_rpc(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import ServiceUnavailable
 from .oob import loads as oob_loads
+from .oob import window_size
 from .stream_server import CLOSE, DEFAULT_WINDOW, DONE
 from .transport import describe, stream_of
 from .wire import PROTOCOL, recv_message, send_message
@@ -155,10 +156,10 @@ class _State:
         if late:
             self.abandon()
             raise self.proxy._rpc_call_timeout(self.method, self.timeout_s)
-        kind, value = oob_loads(data)
+        kind, value = oob_loads(data, self.holder.reader)
         if kind == "#ITEMS":
             self.credit[0] += len(value)
-            self.credit[1] += len(data)
+            self.credit[1] += window_size(data)
             return value  # type: ignore[no-any-return]
         # the end: say so, and the connection is in step again (ready for the next call)
         self.finished = True
