@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.procs import ROOT, clean_pytest_env
+from tests.support.procs import ROOT, run_project_tests
 
 OLD_PROJECT = ROOT / "tests" / "fixtures" / "project_before_seam"
 
@@ -48,14 +48,6 @@ def test_an_old_project_regenerates_without_a_change_and_its_tests_pass(tmp_path
         f"skip      {path} (user-owned; its template changed" in generated.stdout for path in moved
     )
     # Its own tests, the user's included, against today's runtime: real server processes.
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-W", "error"],
-        cwd=project,
-        env=clean_pytest_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert tests.returncode == 0, tests.stdout + tests.stderr
+    tests = run_project_tests(project, "-v", "-W", "error")
     assert "13 passed" in tests.stdout, tests.stdout
     assert "test_value_uses_the_pricer PASSED" in tests.stdout, tests.stdout

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import ROOT, clean_pytest_env, finish, python_process, read_line
+from tests.support.procs import (
+    ROOT,
+    clean_pytest_env,
+    finish,
+    python_process,
+    read_line,
+    run_project_tests,
+)
 from tests.support.ray_cluster import RayNode
 from tests.support.typecheck import rpcgen_shim, run_mypy
 
@@ -30,15 +37,7 @@ def test_committed_code_matches_the_spec() -> None:
 
 
 def test_the_examples_own_generated_tests_pass() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=EXAMPLE,
-        env=clean_pytest_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_project_tests(EXAMPLE, "-q")
 
 
 @pytest.mark.slow

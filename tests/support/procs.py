@@ -100,11 +100,15 @@ def clean_pytest_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
 
 
-def run_project_tests(root: Path) -> subprocess.CompletedProcess[str]:
-    """A generated project's own tests, as its user runs them; -W error: no warning either
-    (pytest 9.2 deprecates fixtures on plugin objects). Fails the calling test if they fail."""
+_PROJECT_ARGS = ("-q", "-W", "error", "tests")
+
+
+def run_project_tests(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A generated project's own tests, as its user runs them; by default -W error: no
+    warning either (pytest 9.2 deprecates fixtures on plugin objects). Fails the calling
+    test if they fail."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *(args or _PROJECT_ARGS)],
         cwd=root,
         env=clean_pytest_env(),
         capture_output=True,
