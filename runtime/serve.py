@@ -138,9 +138,7 @@ class _RPCServer(managers.Server):
     def rpcgen_accept(self, conn: Link, name: str, shared: Any = None) -> None:
         set_recv_timeout(conn, 0)  # authenticated: an idle connection may wait for ever
         threading.current_thread().name = name
-        # The client's shared memory (see .shm), if it offered some and it checks out;
-        # never under TLS (whoever asked for TLS asked for every frame to be protected).
-        link = None if shared is None or isinstance(conn, TlsStream) else shm.accept(shared)
+        link = _accept_shared(conn, shared)
         conn.send(("#RETURN", link is not None))
         self._serve_calls(conn, link)
         raise SystemExit(0)  # handle_request closes the connection, as for the stock loop
@@ -148,7 +146,7 @@ class _RPCServer(managers.Server):
     def rpcgen_accept_mux(self, conn: Link, name: str, shared: Any = None) -> None:
         set_recv_timeout(conn, 0)
         threading.current_thread().name = name
-        link = None if shared is None or isinstance(conn, TlsStream) else shm.accept(shared)
+        link = _accept_shared(conn, shared)
         conn.send(("#RETURN", link is not None))
         tls = conn.tls if isinstance(conn, TlsStream) else None
         MuxSession(self, conn.fileno(), tls, link).run()
@@ -265,6 +263,12 @@ def _watch_owner(owner_pid: int, stop: threading.Event) -> None:
     # its port blocks the next start.
     threading.Event().wait(5.0)
     os._exit(1)
+
+
+def _accept_shared(conn: Link, offered: Any) -> SharedLink | None:
+    """The client's shared memory (see .shm), if it offered some and it checks out; never
+    under TLS (whoever asked for TLS asked for every frame to be protected)."""
+    return None if offered is None or isinstance(conn, TlsStream) else shm.accept(offered)
 
 
 def _send_placed(fd: Stream, link: SharedLink | None, data: Payload) -> None:
